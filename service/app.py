@@ -1,0 +1,110 @@
+"""The app factory: each `register_*` helper wires one concern onto the app."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response
+
+from service.crypto import install_cipher
+from service.db import Database
+from service.logging_setup import configure_logging
+from service.providers import build_providers
+from service.runtime import Runtime, close_db_session
+from service.settings import PROJECT_ROOT, Settings, SettingsError
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__, instance_path=str(PROJECT_ROOT / "instance"))
+    register_settings(app, settings)
+    register_runtime(app, settings)
+    register_security(app, settings)
+    register_blueprints(app, settings)
+    register_metrics(app, settings)
+    return app
+
+
+def register_settings(app: Flask, settings: Settings) -> None:
+    configure_logging(settings.log_level)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        TESTING=settings.is_testing,
+        MAX_CONTENT_LENGTH=2 * 1024 * 1024,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.is_production,
+        WTF_CSRF_TIME_LIMIT=None,
+        CLOSER_SETTINGS=settings,
+    )
+
+
+def register_runtime(app: Flask, settings: Settings) -> None:
+    from service.programs import load_programs
+
+    install_cipher(settings.data_encryption_key)
+    database = Database(settings.database_url)
+    embedded = None
+    redis_url = settings.redis_url
+    if not redis_url:
+        if settings.is_production:
+            raise SettingsError("Set REDIS_URL: outside development Closer does not start its own Redis.")
+        from service.redis_runtime import start_embedded_redis
+
+        embedded = start_embedded_redis()
+        redis_url = embedded.url
+    app.extensions["closer"] = Runtime(
+        settings=settings,
+        database=database,
+        redis_url=redis_url,
+        providers=build_providers(settings, database),
+        programs=load_programs(),
+        embedded_redis=embedded,
+    )
+    app.teardown_appcontext(close_db_session)
+
+
+def register_security(app: Flask, settings: Settings) -> None:
+    from flask_wtf.csrf import CSRFProtect
+
+    from service.web.limits import limiter
+
+    CSRFProtect(app)
+    app.config["RATELIMIT_STORAGE_URI"] = app.extensions["closer"].redis_url
+    app.config["RATELIMIT_HEADERS_ENABLED"] = True
+    limiter.init_app(app)
+
+    @app.after_request
+    def _security_headers(response: Response) -> Response:
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        )
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        if settings.is_production:
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+        return response
+
+
+def register_blueprints(app: Flask, settings: Settings) -> None:
+    from service.web import dev, errors, health, pages
+    from service.web.webhooks import bp as webhooks_bp
+
+    errors.register(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(pages.bp)
+    app.extensions["csrf"].exempt(webhooks_bp)
+    app.register_blueprint(webhooks_bp)
+    if settings.is_development or settings.is_testing:
+        app.register_blueprint(dev.bp)
+
+
+def register_metrics(app: Flask, settings: Settings) -> None:
+    from service.web.metrics import bp
+
+    app.register_blueprint(bp)

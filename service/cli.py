@@ -1,0 +1,237 @@
+"""`closer`: a Flask command group, so Flask's own commands (run, shell, routes) work too."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from flask import Flask
+from flask.cli import FlaskGroup, with_appcontext
+
+from service.redis_runtime import die_with_parent
+from service.settings import Settings
+
+
+def _create_app() -> Flask:
+    from service.app import create_app
+
+    return create_app()
+
+
+@click.group(cls=FlaskGroup, create_app=_create_app, add_version_option=False, load_dotenv=False)
+def main() -> None:
+    """Closer: timed nudges that help couples feel closer."""
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+@main.command("dev", with_appcontext=False)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+def dev_command(host: str, port: int) -> None:
+    """Web, worker and scheduler together, on embedded defaults where nothing else is set."""
+    os.environ.setdefault("CLOSER_ENV", "development")
+    settings = Settings.from_env()
+    embedded = None
+    env = dict(os.environ)
+    if not settings.redis_url:
+        from service.redis_runtime import start_embedded_redis
+
+        embedded = start_embedded_redis()
+        env["REDIS_URL"] = embedded.url
+        click.echo(f"closer dev: embedded Redis ({embedded.kind}) at {embedded.url}")
+    if settings.database_url.startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(settings.database_url.removeprefix("sqlite:///")) or ".", exist_ok=True)
+    from service.migrations import upgrade
+
+    upgrade(settings)
+    exe = [sys.executable, "-m", "service.cli"]
+    commands = {
+        "web": [*exe, "run", "--host", host, "--port", str(port), "--no-reload", "--no-debugger"],
+        "worker": [*exe, "worker"],
+        "scheduler": [*exe, "scheduler"],
+    }
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for name, argv in commands.items():
+            # Own sessions: Ctrl-C reaches only us, and we stop the children in order (Redis last).
+            children[name] = subprocess.Popen(  # noqa: S603
+                argv, env=env, start_new_session=True, preexec_fn=die_with_parent
+            )
+        click.echo(f"closer dev: serving http://{host}:{port}  (Ctrl-C stops web, worker and scheduler)")
+        while not stopping:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    click.echo(f"closer dev: {name} exited with {child.returncode}; stopping the rest", err=True)
+                    stopping = True
+            time.sleep(0.2)
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for child in children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        if embedded is not None:
+            embedded.stop()
+        click.echo("closer dev: stopped")
+
+
+@main.command("worker")
+@click.option("--burst", is_flag=True, help="Drain the queues, then exit.")
+@click.option("--fork", is_flag=True, help="Fork a work horse per job (slower; isolates crashes).")
+@with_appcontext
+def worker_command(burst: bool, fork: bool) -> None:
+    """RQ workers for the send, reply and housekeeping queues."""
+    from jobs.runtime import run_worker
+
+    run_worker(burst=burst, fork=fork)
+
+
+@main.command("scheduler")
+@with_appcontext
+def scheduler_command() -> None:
+    """The scheduler loop: one pass every few seconds, one active scheduler at a time."""
+    from jobs.scheduler import run_forever
+
+    run_forever()
+
+
+@main.command("tick")
+@click.option("--now", "now_text", default=None, help="ISO-8601 instant to run the pass as of.")
+@with_appcontext
+def tick_command(now_text: str | None) -> None:
+    """One scheduler pass as of NOW."""
+    from jobs.scheduler import run_pass_now
+
+    now = _parse_instant(now_text) if now_text else datetime.now(UTC)
+    click.echo(json.dumps(run_pass_now(now), sort_keys=True))
+
+
+def _parse_instant(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r} is not an ISO-8601 instant", param_hint="--now") from exc
+    if value.tzinfo is None:
+        raise click.BadParameter("give a time zone, e.g. 2026-03-08T09:00:00-05:00 or ...Z", param_hint="--now")
+    return value.astimezone(UTC)
+
+
+# --- database ---------------------------------------------------------------------------------
+
+
+@main.group("db")
+def db_group() -> None:
+    """Database migrations (Alembic)."""
+
+
+@db_group.command("upgrade", with_appcontext=False)
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    from service.migrations import upgrade
+
+    upgrade(Settings.from_env(), revision)
+
+
+@db_group.command("downgrade", with_appcontext=False)
+@click.argument("revision", default="-1")
+def db_downgrade(revision: str) -> None:
+    from service.migrations import downgrade
+
+    downgrade(Settings.from_env(), revision)
+
+
+@db_group.command("check", with_appcontext=False)
+def db_check() -> None:
+    """Fail if the models and the migrations disagree."""
+    from service.migrations import check
+
+    check(Settings.from_env())
+    click.echo("migrations match the models")
+
+
+@db_group.command("revision", with_appcontext=False)
+@click.option("-m", "--message", required=True)
+def db_revision(message: str) -> None:
+    from service.migrations import revision
+
+    revision(Settings.from_env(), message)
+
+
+# --- programs ---------------------------------------------------------------------------------
+
+
+@main.group("programs")
+def programs_group() -> None:
+    """The programs in message_templates/."""
+
+
+def _library_or_exit() -> Any:
+    from service.programs import ProgramError, load_programs
+
+    try:
+        return load_programs()
+    except ProgramError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@programs_group.command("list", with_appcontext=False)
+def programs_list() -> None:
+    for program in _library_or_exit():
+        flag = " (opt-in)" if program.opt_in else ""
+        click.echo(f"{program.key:14} {program.days:3} days  {program.title}{flag}")
+
+
+@programs_group.command("check", with_appcontext=False)
+def programs_check() -> None:
+    from service.programs import LONG_NAME, render_sms, sms_septets
+
+    library = _library_or_exit()
+    steps = sum(len(p.steps) for p in library)
+    longest = max(sms_septets(render_sms(s, LONG_NAME, LONG_NAME).body) for p in library for s in p.steps)
+    click.echo(f"{len(library)} programs, {steps} steps: valid (longest SMS {longest}/160 septets with 20-char names)")
+
+
+@programs_group.command("preview", with_appcontext=False)
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True)
+def programs_preview(key: str, as_json: bool) -> None:
+    from service.programs import preview
+
+    library = _library_or_exit()
+    if key not in library:
+        raise click.ClickException(f"no program {key!r}; try one of: {', '.join(library.keys())}")
+    rows = preview(library.get(key))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    for row in rows:
+        click.echo(f"--- day {row['day']} ({row['theme']}{', reveal' if row['reveal'] else ''}) to {row['partner']}")
+        click.echo(f"SMS [{row['sms_septets']}/160]: {row['sms']}")
+        click.echo(f"Subject: {row['email_subject']}")
+        click.echo(row["email_text"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Consent per partner and channel: every change is recorded with when, how and to which wording."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service.db import affected_rows
+from service.models import (
+    Channel,
+    ConsentRecord,
+    ConsentState,
+    Nudge,
+    NudgeStatus,
+    Partner,
+)
+
+# Bump when the consent disclosure shown at signup changes; each record keeps the version agreed to.
+DISCLOSURE_VERSION = "2026-11-25"
+
+
+def set_consent(
+    session: Session,
+    partner: Partner,
+    channel: Channel,
+    state: ConsentState,
+    *,
+    action: str,
+    source: str,
+    source_detail: str | None,
+    now: datetime,
+    disclosure_version: str | None = DISCLOSURE_VERSION,
+) -> None:
+    if channel is Channel.SMS:
+        partner.sms_consent, partner.sms_consent_at = state, now
+    else:
+        partner.email_consent, partner.email_consent_at = state, now
+    session.add(
+        ConsentRecord(
+            partner=partner, channel=channel, action=action, occurred_at=now, source=source,
+            source_detail=(source_detail or "")[:512] or None, disclosure_version=disclosure_version,
+        )
+    )
+    if state in (ConsentState.OPTED_OUT, ConsentState.BOUNCED):
+        cancel_pending(session, partner.id, channel, reason=f"{channel} {state}")
+
+
+def cancel_pending(session: Session, partner_id: int, channel: Channel | None, *, reason: str) -> int:
+    """Cancel what has not reached a provider yet; a nudge already `sending` is left to finish."""
+    query = (
+        update(Nudge)
+        .where(Nudge.partner_id == partner_id)
+        .where(Nudge.status.in_([NudgeStatus.SCHEDULED, NudgeStatus.QUEUED]))
+        .values(status=NudgeStatus.CANCELLED, status_reason=reason)
+    )
+    if channel is not None:
+        query = query.where(Nudge.channel == channel)
+    return affected_rows(session.execute(query))
+
+
+def partners_by_phone(session: Session, phone: str) -> list[Partner]:
+    """Newest first: the same person may belong to more than one couple over time."""
+    return list(session.scalars(select(Partner).where(Partner.phone_e164 == phone).order_by(Partner.id.desc())))

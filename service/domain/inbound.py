@@ -1,0 +1,196 @@
+"""Inbound SMS: keywords act on consent and schedules; anything else is a reply for the shared log.
+
+The webhook view and the development outbox's "simulate a reply" form both call `receive_sms`, so a
+reply tried locally takes exactly the path a real one takes after its signature is checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.domain import links, replies
+from service.domain.consent import partners_by_phone, set_consent
+from service.domain.enrollment import confirm_channel
+from service.domain.keywords import Command, classify
+from service.models import (
+    Channel,
+    ConsentState,
+    Enrollment,
+    EnrollmentStatus,
+    InboundMessage,
+    Partner,
+)
+from service.programs import ProgramLibrary
+from service.settings import Settings
+
+PAUSE_FOREVER = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class InboundSms:
+    message_sid: str
+    from_number: str
+    to_number: str
+    body: str
+    num_media: int = 0
+    media_types: tuple[str, ...] = ()
+
+
+@dataclass
+class InboundResult:
+    reply: str | None = None
+    nudge_ids: list[int] = field(default_factory=list)
+    duplicate: bool = False
+    kind: str = "reply"
+
+
+def record_inbound(
+    session: Session, *, provider: str, message_id: str, channel: Channel, partner_id: int | None,
+    kind: str, keyword: str | None, now: datetime,
+) -> bool:
+    """Remember a provider message id; False when it was seen before (a provider retry)."""
+    if session.scalar(
+        select(InboundMessage.id).where(
+            InboundMessage.provider == provider, InboundMessage.provider_message_id == message_id
+        )
+    ):
+        return False
+    try:
+        with session.begin_nested():
+            session.add(
+                InboundMessage(
+                    provider=provider, provider_message_id=message_id, channel=channel,
+                    partner_id=partner_id, kind=kind, keyword=keyword, received_at=now,
+                )
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+def receive_sms(
+    session: Session, message: InboundSms, *, settings: Settings, programs: ProgramLibrary, now: datetime
+) -> InboundResult:
+    partners = partners_by_phone(session, message.from_number)
+    command = classify(message.body) if message.num_media == 0 or message.body.strip() else None
+    kind = "keyword" if command else ("reply" if partners else "unknown_sender")
+    partner = _addressed_partner(partners)
+    if not record_inbound(
+        session, provider="twilio", message_id=message.message_sid, channel=Channel.SMS,
+        partner_id=partner.id if partner else None, kind=kind,
+        keyword=command.keyword if command else None, now=now,
+    ):
+        return InboundResult(duplicate=True, kind=kind)
+    if not partners:
+        return InboundResult(reply=_unknown_sender_text(settings), kind=kind)
+    if command is not None:
+        return InboundResult(reply=_run_command(session, command, partners, message, settings, programs, now),
+                             kind=kind)
+    assert partner is not None
+    if partner.consent(Channel.SMS) is ConsentState.PENDING:
+        return InboundResult(reply="Thanks! Reply YES to confirm your Closer prompts first, then reply to any "
+                             "prompt to answer it.", kind="unconfirmed")
+    if partner.consent(Channel.SMS) is not ConsentState.CONFIRMED:
+        return InboundResult(kind="ignored")
+    outcome = replies.store_reply(
+        session, partner, channel=Channel.SMS, provider_message_id=message.message_sid, body=message.body,
+        media_count=message.num_media, media_types=message.media_types, programs=programs, now=now,
+    )
+    return InboundResult(reply=None, nudge_ids=outcome.nudge_ids, kind=kind)
+
+
+def _addressed_partner(partners: list[Partner]) -> Partner | None:
+    """The partner a text most likely answers for: a confirmed one in an active couple, newest first."""
+    for partner in partners:
+        if partner.consent(Channel.SMS) is ConsentState.CONFIRMED and _active_enrollment(partner):
+            return partner
+    return partners[0] if partners else None
+
+
+def _active_enrollment(partner: Partner) -> Enrollment | None:
+    for enrollment in reversed(partner.couple.enrollments):
+        if enrollment.status in (EnrollmentStatus.ACTIVE, EnrollmentStatus.PENDING):
+            return enrollment
+    return None
+
+
+def _program_title(partner: Partner, programs: ProgramLibrary) -> str:
+    enrollment = _active_enrollment(partner)
+    if enrollment is not None and enrollment.program_key in programs:
+        return programs.get(enrollment.program_key).title
+    return "Closer"
+
+
+def _unknown_sender_text(settings: Settings) -> str:
+    return (f"Hi! This is {settings.sender_name}. We don't have your number, so nothing was saved. "
+            f"To sign up, visit {settings.public_base_url}")
+
+
+def help_text(settings: Settings, program_title: str, per_week: int) -> str:
+    contact = f" Help: {settings.support_contact}." if settings.support_contact else ""
+    return (f"{settings.sender_name}: {program_title}, up to {per_week} msgs/wk.{contact} "
+            "Msg&data rates may apply. Reply STOP to cancel, PAUSE to take a break.")
+
+
+def _run_command(
+    session: Session, command: Command, partners: list[Partner], message: InboundSms,
+    settings: Settings, programs: ProgramLibrary, now: datetime,
+) -> str | None:
+    partner = _addressed_partner(partners)
+    assert partner is not None
+    name = settings.sender_name
+    if command.keyword == "YES":
+        confirmed = [
+            p for p in partners
+            if confirm_channel(session, p, Channel.SMS, source="sms", source_detail=message.message_sid, now=now)
+        ]
+        if not confirmed:
+            return f"You're already confirmed for {name}. Reply HELP for help, STOP to cancel."
+        title = _program_title(confirmed[0], programs)
+        started = any(_active_enrollment(p) and _active_enrollment(p).status == EnrollmentStatus.ACTIVE  # type: ignore[union-attr]
+                      for p in confirmed)
+        when = "Your first prompt arrives at your chosen time." if started else (
+            "Your prompts start once your partner says yes too.")
+        return f"You're in for {title}! {when} Msg&data rates may apply. Reply HELP for help, STOP to cancel."
+    if command.keyword == "STOP":
+        for p in partners:
+            if p.consent(Channel.SMS) in (ConsentState.CONFIRMED, ConsentState.PENDING):
+                set_consent(session, p, Channel.SMS, ConsentState.OPTED_OUT, action="withdrawn", source="sms",
+                            source_detail=message.message_sid, now=now)
+        return f"You're unsubscribed from {name} texts and won't get more. Reply START to come back."
+    if command.keyword == "START":
+        for p in partners:
+            if p.consent(Channel.SMS) is ConsentState.OPTED_OUT:
+                set_consent(session, p, Channel.SMS, ConsentState.CONFIRMED, action="resumed", source="sms",
+                            source_detail=message.message_sid, now=now)
+        return f"Welcome back to {name}. Texts start again at your usual time. Reply STOP to cancel."
+    if command.keyword == "HELP":
+        enrollment = _active_enrollment(partner)
+        per_week = programs.get(enrollment.program_key).messages_per_week if (
+            enrollment and enrollment.program_key in programs) else 7
+        return help_text(settings, _program_title(partner, programs), per_week)
+    if partner.consent(Channel.SMS) is not ConsentState.CONFIRMED:
+        return None
+    if command.keyword == "LOG":
+        return f"Your shared log: {links.log_url(settings, partner.log_token)}"
+    if command.keyword == "NEWLINK":
+        token = links.rotate_log_token(partner, now)
+        return f"Your old log link no longer works. Your new one: {links.log_url(settings, token)}"
+    if command.keyword == "PAUSE":
+        partner.paused_until = now + timedelta(days=command.days) if command.days else PAUSE_FOREVER
+        until = f" for {command.days} days" if command.days else ""
+        return f"Paused{until}. No prompts until then. Reply RESUME any time to pick up again."
+    if command.keyword == "RESUME":
+        partner.paused_until = None
+        return "Welcome back. Your next prompt arrives at your usual time."
+    if command.keyword == "SKIP":
+        from service.domain.delivery import skip_today
+
+        skipped = skip_today(session, partner, now)
+        return "Today's prompt is skipped. See you tomorrow." if skipped else "Nothing left to skip today."
+    return None

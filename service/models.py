@@ -1,0 +1,347 @@
+"""The data model. Models never commit: the view or job that owns the transaction does."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, date, datetime, time
+
+from sqlalchemy import (
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    Time,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from service.crypto import EncryptedText
+from service.db import Base
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite forgets the zone otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; use an aware UTC datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Channel(enum.StrEnum):
+    SMS = "sms"
+    EMAIL = "email"
+
+
+class ConsentState(enum.StrEnum):
+    NONE = "none"  # no address on this channel
+    PENDING = "pending"  # asked, not yet confirmed
+    CONFIRMED = "confirmed"
+    OPTED_OUT = "opted_out"
+    BOUNCED = "bounced"
+
+
+class EnrollmentStatus(enum.StrEnum):
+    PENDING = "pending"  # waiting for both partners to confirm
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class NudgeKind(enum.StrEnum):
+    PROMPT = "prompt"
+    CONFIRMATION = "confirmation"
+    CONFIRMATION_REMINDER = "confirmation_reminder"
+    REVEAL = "reveal"
+    REPLY_REMINDER = "reply_reminder"
+    PROGRAM_COMPLETE = "program_complete"
+
+
+class NudgeStatus(enum.StrEnum):
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    UNDELIVERED = "undelivered"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+# A status callback may only move a nudge forward along this order; terminal failures rank with delivery.
+NUDGE_STATUS_RANK = {
+    NudgeStatus.SCHEDULED: 0,
+    NudgeStatus.QUEUED: 1,
+    NudgeStatus.SENDING: 2,
+    NudgeStatus.SENT: 3,
+    NudgeStatus.DELIVERED: 4,
+    NudgeStatus.UNDELIVERED: 4,
+    NudgeStatus.FAILED: 4,
+    NudgeStatus.SKIPPED: 4,
+    NudgeStatus.CANCELLED: 4,
+}
+
+
+class Couple(Base):
+    __tablename__ = "couples"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    signup_ip: Mapped[str | None] = mapped_column(String(64))
+
+    partners: Mapped[list[Partner]] = relationship(
+        back_populates="couple", order_by="Partner.position", cascade="all, delete-orphan"
+    )
+    enrollments: Mapped[list[Enrollment]] = relationship(
+        back_populates="couple", order_by="Enrollment.id", cascade="all, delete-orphan"
+    )
+
+
+class Partner(Base):
+    __tablename__ = "partners"
+    __table_args__ = (UniqueConstraint("couple_id", "position"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    couple_id: Mapped[int] = mapped_column(ForeignKey("couples.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)  # 1 signed the couple up, 2 was invited
+    first_name: Mapped[str] = mapped_column(EncryptedText)
+    phone_e164: Mapped[str | None] = mapped_column(String(20), index=True)
+    email: Mapped[str | None] = mapped_column(String(320), index=True)
+    timezone: Mapped[str] = mapped_column(String(64))
+    preferred_time: Mapped[time] = mapped_column(Time)
+    quiet_start: Mapped[time] = mapped_column(Time, default=time(21, 30))
+    quiet_end: Mapped[time] = mapped_column(Time, default=time(8, 0))
+    sms_consent: Mapped[str] = mapped_column(String(16), default=ConsentState.NONE)
+    sms_consent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    email_consent: Mapped[str] = mapped_column(String(16), default=ConsentState.NONE)
+    email_consent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    paused_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reply_token: Mapped[str] = mapped_column(String(32), unique=True)
+    # Each partner has their own link to the shared log, so revoking one never breaks the other's.
+    # The hash finds it; the encrypted copy lets LOG text it back.
+    log_token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    log_token: Mapped[str] = mapped_column(EncryptedText)
+    log_token_issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    couple: Mapped[Couple] = relationship(back_populates="partners")
+    consents: Mapped[list[ConsentRecord]] = relationship(
+        back_populates="partner", order_by="ConsentRecord.id", cascade="all, delete-orphan"
+    )
+
+    def consent(self, channel: Channel) -> ConsentState:
+        return ConsentState(self.sms_consent if channel is Channel.SMS else self.email_consent)
+
+    @property
+    def is_confirmed(self) -> bool:
+        return ConsentState.CONFIRMED in (self.consent(Channel.SMS), self.consent(Channel.EMAIL))
+
+    @property
+    def masked_phone(self) -> str:
+        return mask_phone(self.phone_e164)
+
+
+def mask_phone(phone: str | None) -> str:
+    """What logs and the operator see of a number: the country code and the last two digits."""
+    if not phone:
+        return ""
+    return phone[:2] + "*" * max(len(phone) - 4, 0) + phone[-2:]
+
+
+class ConsentRecord(Base):
+    """Append-only history of consent: what was agreed or withdrawn, when, how, and to which text."""
+
+    __tablename__ = "consent_records"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id", ondelete="CASCADE"), index=True)
+    channel: Mapped[str] = mapped_column(String(8))
+    action: Mapped[str] = mapped_column(String(16))  # requested, confirmed, withdrawn, resumed, bounced
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    source: Mapped[str] = mapped_column(String(16))  # web, sms, email, provider, operator
+    source_detail: Mapped[str | None] = mapped_column(String(512))  # IP and user agent, or MessageSid
+    disclosure_version: Mapped[str | None] = mapped_column(String(32))
+
+    partner: Mapped[Partner] = relationship(back_populates="consents")
+
+
+class Enrollment(Base):
+    __tablename__ = "enrollments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    couple_id: Mapped[int] = mapped_column(ForeignKey("couples.id", ondelete="CASCADE"), index=True)
+    program_key: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), default=EnrollmentStatus.PENDING, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    couple: Mapped[Couple] = relationship(back_populates="enrollments")
+    schedules: Mapped[list[PartnerSchedule]] = relationship(
+        back_populates="enrollment", cascade="all, delete-orphan"
+    )
+
+
+class PartnerSchedule(Base):
+    """Where one partner stands in one enrollment: the next step and when it is due (UTC).
+
+    The scheduler reads only rows whose `next_send_at` has come, through its index, so a pass costs what
+    is due rather than how many couples exist.
+    """
+
+    __tablename__ = "partner_schedules"
+    __table_args__ = (UniqueConstraint("enrollment_id", "partner_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    enrollment_id: Mapped[int] = mapped_column(ForeignKey("enrollments.id", ondelete="CASCADE"))
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id", ondelete="CASCADE"), index=True)
+    next_day: Mapped[int] = mapped_column(Integer, default=1)
+    first_local_date: Mapped[date | None] = mapped_column(Date)
+    next_send_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    last_sent_local_date: Mapped[date | None] = mapped_column(Date)
+
+    enrollment: Mapped[Enrollment] = relationship(back_populates="schedules")
+    partner: Mapped[Partner] = relationship()
+
+
+class Nudge(Base):
+    __tablename__ = "nudges"
+    __table_args__ = (
+        UniqueConstraint("enrollment_id", "kind", "step_day", "partner_id", "channel"),
+        Index("ix_nudges_status_scheduled_for", "status", "scheduled_for"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    enrollment_id: Mapped[int] = mapped_column(ForeignKey("enrollments.id", ondelete="CASCADE"))
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32), default=NudgeKind.PROMPT)
+    step_day: Mapped[int] = mapped_column(Integer, default=0)
+    channel: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16), default=NudgeStatus.SCHEDULED)
+    status_reason: Mapped[str | None] = mapped_column(String(255))
+    scheduled_for: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sending_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    provider_message_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    needs_review: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    subject: Mapped[str | None] = mapped_column(EncryptedText)
+    body_text: Mapped[str | None] = mapped_column(EncryptedText)
+    body_html: Mapped[str | None] = mapped_column(EncryptedText)
+
+    partner: Mapped[Partner] = relationship()
+    enrollment: Mapped[Enrollment] = relationship()
+
+
+class InboundMessage(Base):
+    """Every accepted inbound message, once, by the provider's id: the dedupe record for retries."""
+
+    __tablename__ = "inbound_messages"
+    __table_args__ = (UniqueConstraint("provider", "provider_message_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    provider_message_id: Mapped[str] = mapped_column(String(255))
+    channel: Mapped[str] = mapped_column(String(8))
+    partner_id: Mapped[int | None] = mapped_column(ForeignKey("partners.id", ondelete="SET NULL"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # keyword, reply, unknown_sender, ignored
+    keyword: Mapped[str | None] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LogEntry(Base):
+    """A partner's answer in the couple's shared log."""
+
+    __tablename__ = "log_entries"
+    __table_args__ = (UniqueConstraint("provider_message_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    couple_id: Mapped[int] = mapped_column(ForeignKey("couples.id", ondelete="CASCADE"), index=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id", ondelete="CASCADE"), index=True)
+    nudge_id: Mapped[int | None] = mapped_column(ForeignKey("nudges.id", ondelete="SET NULL"), index=True)
+    channel: Mapped[str] = mapped_column(String(8))
+    provider_message_id: Mapped[str] = mapped_column(String(255))
+    body: Mapped[str] = mapped_column(EncryptedText)
+    media_count: Mapped[int] = mapped_column(Integer, default=0)
+    media_types: Mapped[str | None] = mapped_column(String(255))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    partner: Mapped[Partner] = relationship()
+    nudge: Mapped[Nudge | None] = relationship()
+
+
+class DeliveryEvent(Base):
+    """A provider's word on an outbound message (status callback or event webhook), stored once."""
+
+    __tablename__ = "delivery_events"
+    __table_args__ = (UniqueConstraint("provider", "provider_event_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(String(16))
+    provider_event_id: Mapped[str] = mapped_column(String(255))
+    provider_message_id: Mapped[str | None] = mapped_column(String(128))
+    nudge_id: Mapped[int | None] = mapped_column(ForeignKey("nudges.id", ondelete="SET NULL"), index=True)
+    event: Mapped[str] = mapped_column(String(32))
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class OutboxMessage(Base):
+    """What the console providers "sent": the development outbox at /dev/outbox."""
+
+    __tablename__ = "outbox_messages"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(8))
+    recipient: Mapped[str] = mapped_column(String(320))
+    sender: Mapped[str | None] = mapped_column(String(320))
+    reply_to: Mapped[str | None] = mapped_column(String(320))
+    subject: Mapped[str | None] = mapped_column(EncryptedText)
+    body_text: Mapped[str] = mapped_column(EncryptedText)
+    body_html: Mapped[str | None] = mapped_column(EncryptedText)
+    headers: Mapped[str | None] = mapped_column(Text)
+    provider_message_id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class OperatorAction(Base):
+    __tablename__ = "operator_actions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    operator: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ControlFlag(Base):
+    """Small pieces of shared state with SQL as the source of truth: the kill switch, the last pass."""
+
+    __tablename__ = "control_flags"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
