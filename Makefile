@@ -21,7 +21,7 @@ run: $(STAMP)
 	CLOSER_ENV=$${CLOSER_ENV:-development} $(BIN)/closer dev
 
 lint: $(STAMP)
-	$(BIN)/ruff check service jobs tests bench migrations
+	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
