@@ -142,6 +142,8 @@ class Partner(Base):
     log_token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     log_token: Mapped[str] = mapped_column(EncryptedText)
     log_token_issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Erasing the couple (both partners' words) needs both partners to ask; see domain/data_rights.py.
+    forget_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     couple: Mapped[Couple] = relationship(back_populates="partners")
@@ -287,7 +289,7 @@ class LogEntry(Base):
     body: Mapped[str] = mapped_column(EncryptedText)
     media_count: Mapped[int] = mapped_column(Integer, default=0)
     media_types: Mapped[str | None] = mapped_column(String(255))
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
     partner: Mapped[Partner] = relationship()
     nudge: Mapped[Nudge | None] = relationship()

@@ -99,7 +99,8 @@ def receive_sms(
         return InboundResult(kind="ignored")
     outcome = replies.store_reply(
         session, partner, channel=Channel.SMS, provider_message_id=message.message_sid, body=message.body,
-        media_count=message.num_media, media_types=message.media_types, programs=programs, now=now,
+        media_count=message.num_media, media_types=message.media_types, programs=programs, settings=settings,
+        now=now,
     )
     return InboundResult(reply=None, nudge_ids=outcome.nudge_ids, kind=kind)
 

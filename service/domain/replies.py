@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from service.models import Channel, LogEntry, Nudge, NudgeKind, NudgeStatus, Partner
 from service.programs import ProgramLibrary
+from service.settings import Settings
 
 MAX_REPLY_CHARS = 5000
 DEFAULT_REPLY_WINDOW_HOURS = 20
@@ -49,6 +50,7 @@ def store_reply(
     provider_message_id: str,
     body: str,
     programs: ProgramLibrary,
+    settings: Settings,
     now: datetime,
     media_count: int = 0,
     media_types: Sequence[str] = (),
@@ -67,4 +69,7 @@ def store_reply(
             session.add(entry)
     except IntegrityError:
         return ReplyOutcome(entry=None, duplicate=True)
-    return ReplyOutcome(entry=entry)
+    from service.domain.reveal import reveal_if_both_answered
+
+    reveals = reveal_if_both_answered(session, entry, settings=settings, programs=programs, now=now)
+    return ReplyOutcome(entry=entry, nudge_ids=[n.id for n in reveals if n.status == NudgeStatus.QUEUED])
