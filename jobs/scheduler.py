@@ -10,6 +10,7 @@ from types import FrameType
 
 from sqlalchemy import text
 
+from jobs.inbound import drain_spool
 from jobs.send import enqueue_nudges
 from service.domain.planner import (
     PassReport,
@@ -19,6 +20,8 @@ from service.domain.planner import (
     release_due_retries,
     sending_paused,
 )
+from service.domain.reveal import plan_reply_reminders
+from service.models import NudgeStatus
 from service.runtime import Runtime, current_runtime
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,11 @@ def run_pass(runtime: Runtime, now: datetime) -> dict[str, int | str]:
             release_due_retries(session, now, report)
             recover_in_flight(session, now, report)
         enqueue_nudges(report.to_enqueue, runtime=runtime)
+        report.spooled_replies = drain_spool(runtime)
+        with database.transaction() as session:
+            reminders = plan_reply_reminders(session, settings=runtime.settings, programs=runtime.programs, now=now)
+            reminder_ids = [n.id for n in reminders if n.status == NudgeStatus.QUEUED]
+        enqueue_nudges(reminder_ids, runtime=runtime)
         result: dict[str, int | str] = {"status": "ok", **report.as_dict()}
         return result
     finally:

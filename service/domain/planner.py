@@ -38,12 +38,14 @@ class PassReport:
     completed: int = 0
     requeued: int = 0
     to_review: int = 0
+    spooled_replies: int = 0
     to_enqueue: list[int] = field(default_factory=list)
     new_nudges: list[Nudge] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
         return {"created": self.created, "skipped": self.skipped, "deferred": self.deferred,
                 "completed": self.completed, "requeued": self.requeued, "to_review": self.to_review,
+                "spooled_replies": self.spooled_replies,
                 "enqueued": len(self.to_enqueue)}
 
 
