@@ -144,6 +144,9 @@ class Partner(Base):
     log_token_issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Erasing the couple (both partners' words) needs both partners to ask; see domain/data_rights.py.
     forget_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When a partner who has not confirmed yet is next reminded (at most twice); None once done.
+    # Indexed so the scheduler reads only who is due; see domain/signup.py.
+    confirm_reminder_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     couple: Mapped[Couple] = relationship(back_populates="partners")

@@ -91,6 +91,7 @@ def upgrade() -> None:
     sa.Column('log_token', sa.LargeBinary(), nullable=False),
     sa.Column('log_token_issued_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('forget_requested_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('confirm_reminder_due_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['couple_id'], ['couples.id'], name=op.f('fk_partners_couple_id_couples'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_partners')),
@@ -100,6 +101,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('partners', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_partners_couple_id'), ['couple_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_partners_confirm_reminder_due_at'), ['confirm_reminder_due_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_partners_email'), ['email'], unique=False)
         batch_op.create_index(batch_op.f('ix_partners_phone_e164'), ['phone_e164'], unique=False)
 
@@ -263,6 +265,7 @@ def downgrade() -> None:
     with op.batch_alter_table('partners', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_partners_phone_e164'))
         batch_op.drop_index(batch_op.f('ix_partners_email'))
+        batch_op.drop_index(batch_op.f('ix_partners_confirm_reminder_due_at'))
         batch_op.drop_index(batch_op.f('ix_partners_couple_id'))
 
     op.drop_table('partners')
