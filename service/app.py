@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from flask import Flask, Response
 
@@ -16,11 +17,12 @@ from service.settings import PROJECT_ROOT, Settings, SettingsError
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def create_app(settings: Settings | None = None, *, programs_dir: Path | None = None) -> Flask:
+    """`programs_dir` replaces message_templates/programs/ (tests, content drafts)."""
     settings = settings or Settings.from_env()
     app = Flask(__name__, instance_path=str(PROJECT_ROOT / "instance"))
     register_settings(app, settings)
-    register_runtime(app, settings)
+    register_runtime(app, settings, programs_dir)
     register_security(app, settings)
     register_blueprints(app, settings)
     register_metrics(app, settings)
@@ -41,9 +43,11 @@ def register_settings(app: Flask, settings: Settings) -> None:
     )
 
 
-def register_runtime(app: Flask, settings: Settings) -> None:
+def register_runtime(app: Flask, settings: Settings, programs_dir: Path | None = None) -> None:
     from service.programs import load_programs
 
+    # First, so an invalid program stops the start before anything (an embedded Redis) is running.
+    programs = load_programs(programs_dir)
     install_cipher(settings.data_encryption_key)
     database = Database(settings.database_url)
     embedded = None
@@ -60,7 +64,7 @@ def register_runtime(app: Flask, settings: Settings) -> None:
         database=database,
         redis_url=redis_url,
         providers=build_providers(settings, database),
-        programs=load_programs(),
+        programs=programs,
         embedded_redis=embedded,
     )
     app.teardown_appcontext(close_db_session)
