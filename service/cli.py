@@ -233,5 +233,46 @@ def programs_preview(key: str, as_json: bool) -> None:
         click.echo(row["email_text"])
 
 
+# --- data rights ------------------------------------------------------------------------------
+
+
+@main.command("export")
+@click.argument("couple_id", type=int)
+@click.option("--csv", "as_csv", is_flag=True, help="Answers only, as CSV.")
+@with_appcontext
+def export_command(couple_id: int, as_csv: bool) -> None:
+    """A couple's data out, as JSON (or its answers as CSV)."""
+    from service.domain.data_rights import export_couple, export_csv
+    from service.models import Couple
+    from service.runtime import current_runtime
+
+    with current_runtime().database.transaction() as session:
+        couple = session.get(Couple, couple_id)
+        if couple is None:
+            raise click.ClickException(f"no couple {couple_id}")
+        data = export_couple(session, couple)
+    click.echo(export_csv(data) if as_csv else json.dumps(data, indent=2, ensure_ascii=False))
+
+
+@main.command("forget")
+@click.argument("couple_id", type=int)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@with_appcontext
+def forget_command(couple_id: int, yes: bool) -> None:
+    """Erase a couple: both partners, their consents, prompts and answers."""
+    from service.domain.data_rights import forget_couple
+    from service.models import Couple
+    from service.runtime import current_runtime
+
+    with current_runtime().database.transaction() as session:
+        couple = session.get(Couple, couple_id)
+        if couple is None:
+            raise click.ClickException(f"no couple {couple_id}")
+        if not yes:
+            click.confirm(f"Erase couple {couple_id} and everything about both partners?", abort=True)
+        forget_couple(session, couple)
+    click.echo(f"couple {couple_id} erased")
+
+
 if __name__ == "__main__":
     main()

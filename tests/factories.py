@@ -15,6 +15,9 @@ from service.models import (
     Couple,
     Enrollment,
     EnrollmentStatus,
+    Nudge,
+    NudgeKind,
+    NudgeStatus,
     Partner,
 )
 
@@ -77,3 +80,20 @@ def make_couple(
     if confirmed:
         maybe_start(session, enrollment, start or datetime.now(UTC))
     return couple
+
+
+def make_sent_prompt(
+    session: Session, partner: Partner, *, step_day: int = 1, channel: str = "sms", sent_at: datetime | None = None,
+    body: str = "What made you smile today? Reply with your answer.",
+) -> Nudge:
+    """A prompt nudge that has already gone out, as the delivery pipeline leaves it."""
+    enrollment = partner.couple.enrollments[-1]
+    sent_at = sent_at or datetime.now(UTC)
+    nudge = Nudge(
+        enrollment=enrollment, partner=partner, kind=NudgeKind.PROMPT, step_day=step_day, channel=channel,
+        status=NudgeStatus.SENT, scheduled_for=sent_at, queued_at=sent_at, sending_at=sent_at, sent_at=sent_at,
+        provider_message_id=f"SM{secrets.token_hex(16)}", body_text=body,
+    )
+    session.add(nudge)
+    session.flush()
+    return nudge
