@@ -21,6 +21,7 @@ from service.domain.planner import (
     sending_paused,
 )
 from service.domain.reveal import plan_reply_reminders
+from service.domain.signup import plan_confirmation_reminders
 from service.models import NudgeStatus
 from service.runtime import Runtime, current_runtime
 
@@ -61,6 +62,10 @@ def run_pass(runtime: Runtime, now: datetime) -> dict[str, int | str]:
             reminders = plan_reply_reminders(session, settings=runtime.settings, programs=runtime.programs, now=now)
             reminder_ids = [n.id for n in reminders if n.status == NudgeStatus.QUEUED]
         enqueue_nudges(reminder_ids, runtime=runtime)
+        with database.transaction() as session:
+            confirmations = plan_confirmation_reminders(
+                session, settings=runtime.settings, programs=runtime.programs, now=now)
+        enqueue_nudges(confirmations.nudge_ids, runtime=runtime)
         result: dict[str, int | str] = {"status": "ok", **report.as_dict()}
         return result
     finally:

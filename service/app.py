@@ -96,14 +96,16 @@ def register_security(app: Flask, settings: Settings) -> None:
 
 
 def register_blueprints(app: Flask, settings: Settings) -> None:
-    from service.web import dev, errors, health, pages
+    from service.web import dev, errors, health, pages, signup
     from service.web import log as shared_log
     from service.web.webhooks import bp as webhooks_bp
     from service.web.webhooks import sendgrid_inbound  # noqa: F401 - attaches its route to the blueprint
+    from service.web.webhooks import twilio_sms  # noqa: F401 - attaches its route to the blueprint
 
     errors.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(signup.bp)
     app.register_blueprint(shared_log.bp)
     app.extensions["csrf"].exempt(webhooks_bp)
     app.register_blueprint(webhooks_bp)

@@ -88,7 +88,8 @@ def deliver(
     partner = nudge.partner
     channel = Channel(nudge.channel)
     # Consent is checked again at the last moment: a STOP that landed after queueing still wins.
-    allowed = ConsentState.PENDING if nudge.kind == NudgeKind.CONFIRMATION else ConsentState.CONFIRMED
+    asks_to_confirm = nudge.kind in (NudgeKind.CONFIRMATION, NudgeKind.CONFIRMATION_REMINDER)
+    allowed = ConsentState.PENDING if asks_to_confirm else ConsentState.CONFIRMED
     if partner.consent(channel) is not allowed:
         nudge.status, nudge.status_reason = NudgeStatus.CANCELLED, f"{channel} consent is {partner.consent(channel)}"
         return SendOutcome.CANCELLED

@@ -39,8 +39,3 @@ def privacy() -> ResponseReturnValue:
     return render_template(
         "pages/legal.html", kind="privacy", title="Privacy", support=current_runtime().settings.support_contact
     )
-
-
-@bp.get("/")
-def index() -> ResponseReturnValue:
-    return render_template("pages/index.html", programs=list(current_runtime().programs))

@@ -1,0 +1,163 @@
+"""POST /webhooks/twilio/sms: inbound texts (keywords and replies), answered in TwiML.
+
+The X-Twilio-Signature is checked first, against PUBLIC_BASE_URL plus the path and every POSTed field, so
+an unsigned, forged or altered request gets 403 and changes nothing. Then each field is parsed strictly
+(400 with the reason), the text goes through `receive_sms` (the same path as the development outbox),
+the transaction commits and only then are follow-up sends enqueued. A MessageSid seen before is a
+Twilio retry: it gets an empty TwiML answer and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+import phonenumbers
+from flask import Response, abort, request
+from flask.typing import ResponseReturnValue
+from redis.exceptions import RedisError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
+from twilio.request_validator import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER, RequestValidator
+from twilio.twiml.messaging_response import MessagingResponse
+from werkzeug.datastructures import MultiDict
+
+from jobs.inbound import register_handler
+from jobs.runtime import QUEUE_HIGH
+from jobs.send import enqueue_nudges
+from service.domain.inbound import InboundSms, receive_sms
+from service.models import mask_phone
+from service.runtime import Runtime, current_runtime, db_session
+from service.settings import Settings
+from service.web.webhooks import bp
+from service.web.webhooks.spool import spool_inbound
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_CHARS = 1600  # Twilio's own limit for one message
+MAX_MEDIA = 10  # Twilio delivers at most ten media items per MMS
+MESSAGE_SID = re.compile(r"[A-Za-z]{2}[0-9a-fA-F]{32}")
+MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]{1,63}/[A-Za-z0-9!#$&^_.+-]{1,63}", re.ASCII)
+SPOOL_KIND = "twilio_sms"
+
+
+def signed_url(settings: Settings) -> str:
+    """The URL Twilio signed: PUBLIC_BASE_URL and this path (and the query string, if Twilio sent one)."""
+    url = settings.public_base_url.rstrip("/") + request.path
+    query = request.query_string.decode("latin-1")
+    return f"{url}?{query}" if query else url
+
+
+def signature_is_valid(settings: Settings) -> bool:
+    signature = request.headers.get(SIGNATURE_HEADER, "")
+    if not signature or not settings.twilio_auth_token:
+        return False
+    if request.headers.get(SIGNATURE_SETTINGS_HEADER):
+        # A Webhook Rule signs with a SharedKey secret Closer is not given; only Auth Token signatures pass.
+        log.warning("twilio webhook signed with a SharedKey; configure Auth Token signing for this URL")
+        return False
+    return bool(RequestValidator(settings.twilio_auth_token).validate(signed_url(settings), request.form, signature))
+
+
+def parse_inbound_sms(form: MultiDict[str, str]) -> InboundSms:
+    """The message Twilio posted; aborts with 400 and the reason when a field is malformed."""
+    sid = form.get("MessageSid", "")
+    if not sid:
+        abort(400, "MessageSid is missing.")
+    if not MESSAGE_SID.fullmatch(sid):
+        abort(400, "MessageSid must be two letters and 32 hexadecimal digits.")
+    sender = form.get("From", "")
+    from_number = _e164(sender)
+    if from_number is None:
+        abort(400, "From must be a phone number in E.164 format, such as +14155550123.")
+    to_number = form.get("To", "")
+    if len(to_number) > 64:
+        abort(400, "To is longer than 64 characters.")
+    body = form.get("Body", "")
+    if len(body) > MAX_BODY_CHARS:
+        abort(400, f"Body is longer than {MAX_BODY_CHARS} characters.")
+    raw_media = form.get("NumMedia", "0").strip() or "0"
+    if not raw_media.isascii() or not raw_media.isdigit():
+        abort(400, "NumMedia must be a whole number.")
+    num_media = int(raw_media) if len(raw_media) <= 6 else MAX_MEDIA + 1
+    if num_media > MAX_MEDIA:
+        abort(400, f"NumMedia must be at most {MAX_MEDIA}.")
+    media_types = []
+    for index in range(num_media):
+        media_type = form.get(f"MediaContentType{index}", "")
+        if not MEDIA_TYPE.fullmatch(media_type):
+            abort(400, f"MediaContentType{index} must be a MIME type such as image/jpeg.")
+        media_types.append(media_type.lower())
+    # A NUL cannot be stored or shown; dropping it keeps the rest of the partner's words.
+    return InboundSms(message_sid=sid, from_number=from_number, to_number=to_number, body=body.replace("\x00", ""),
+                      num_media=num_media, media_types=tuple(media_types))
+
+
+def _e164(raw: str) -> str | None:
+    if not raw or len(raw) > 32 or not raw.startswith("+"):
+        return None
+    try:
+        number = phonenumbers.parse(raw, None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def twiml(reply: str | None) -> Response:
+    response = MessagingResponse()
+    if reply:
+        response.message(reply)
+    return Response(str(response), mimetype="text/xml")
+
+
+@bp.post("/twilio/sms")
+def twilio_sms() -> ResponseReturnValue:
+    runtime = current_runtime()
+    if not signature_is_valid(runtime.settings):
+        log.warning("twilio sms webhook: bad or missing signature")
+        abort(403, "The X-Twilio-Signature does not match this request.")
+    message = parse_inbound_sms(request.form)
+    session = db_session()
+    try:
+        result = receive_sms(session, message, settings=runtime.settings, programs=runtime.programs,
+                             now=datetime.now(UTC))
+        session.commit()
+    except (OperationalError, InterfaceError):
+        session.rollback()
+        # Twilio does not retry an inbound text on an error, so keep it in Redis until the database is back.
+        log.warning("database unavailable: spooling inbound sms")
+        try:
+            spool_inbound(runtime.redis, SPOOL_KIND, asdict(message))
+        except RedisError:
+            log.exception("inbound spool unavailable")
+            abort(503, "Try again later.")
+        return twiml(None)
+    log.info("inbound sms", extra={"kind": result.kind, "duplicate": result.duplicate,
+                                   "from": mask_phone(message.from_number)})
+    if result.duplicate:
+        return twiml(None)
+    _enqueue(result.nudge_ids)
+    return twiml(result.reply)
+
+
+def _enqueue(nudge_ids: list[int]) -> None:
+    try:
+        enqueue_nudges(nudge_ids, queue_name=QUEUE_HIGH)
+    except RedisError:
+        # The nudges are committed as queued; the scheduler re-enqueues stale ones, so none is lost.
+        log.warning("could not enqueue after an inbound sms; the scheduler will pick them up")
+
+
+def _replay_spooled(session: Session, runtime: Runtime, payload: dict[str, Any]) -> list[int]:
+    payload = {**payload, "media_types": tuple(payload.get("media_types", ()))}
+    result = receive_sms(session, InboundSms(**payload), settings=runtime.settings, programs=runtime.programs,
+                         now=datetime.now(UTC))
+    return result.nudge_ids
+
+
+register_handler(SPOOL_KIND, _replay_spooled)
