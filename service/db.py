@@ -109,3 +109,24 @@ class Database:
 def affected_rows(result: Result[Any]) -> int:
     """Rows an UPDATE or DELETE touched (typed access to the cursor result's rowcount)."""
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def insert_or_ignore(session: Session, model: type[Base], values: dict[str, Any], conflict: list[str]) -> int | None:
+    """INSERT ... ON CONFLICT DO NOTHING in one round trip; the new row's id, or None if it existed.
+
+    Concurrent duplicates are settled by the unique index itself: the second insert waits for the
+    first to commit and then does nothing, so no provider retry is ever stored twice.
+    """
+    table: Any = model.__table__
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt: Any = pg_insert(table)
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(table)
+    stmt = stmt.values(**values).on_conflict_do_nothing(index_elements=conflict).returning(table.c.id)
+    inserted = session.execute(stmt).scalar()
+    return None if inserted is None else int(inserted)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from service.db import affected_rows
 from service.models import (
     Channel,
     ConsentRecord,
     ConsentState,
+    Couple,
     Nudge,
     NudgeStatus,
     Partner,
@@ -62,4 +63,8 @@ def cancel_pending(session: Session, partner_id: int, channel: Channel | None, *
 
 def partners_by_phone(session: Session, phone: str) -> list[Partner]:
     """Newest first: the same person may belong to more than one couple over time."""
-    return list(session.scalars(select(Partner).where(Partner.phone_e164 == phone).order_by(Partner.id.desc())))
+    query = (
+        select(Partner).where(Partner.phone_e164 == phone).order_by(Partner.id.desc())
+        .options(joinedload(Partner.couple).selectinload(Couple.enrollments))
+    )
+    return list(session.scalars(query).unique())

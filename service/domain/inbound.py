@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.db import insert_or_ignore
 from service.domain import links, replies
 from service.domain.consent import partners_by_phone, set_consent
 from service.domain.enrollment import confirm_channel
@@ -54,23 +53,13 @@ def record_inbound(
     kind: str, keyword: str | None, now: datetime,
 ) -> bool:
     """Remember a provider message id; False when it was seen before (a provider retry)."""
-    if session.scalar(
-        select(InboundMessage.id).where(
-            InboundMessage.provider == provider, InboundMessage.provider_message_id == message_id
-        )
-    ):
-        return False
-    try:
-        with session.begin_nested():
-            session.add(
-                InboundMessage(
-                    provider=provider, provider_message_id=message_id, channel=channel,
-                    partner_id=partner_id, kind=kind, keyword=keyword, received_at=now,
-                )
-            )
-    except IntegrityError:
-        return False
-    return True
+    inserted = insert_or_ignore(
+        session, InboundMessage,
+        {"provider": provider, "provider_message_id": message_id, "channel": channel, "partner_id": partner_id,
+         "kind": kind, "keyword": keyword, "received_at": now},
+        conflict=["provider", "provider_message_id"],
+    )
+    return inserted is not None
 
 
 def receive_sms(

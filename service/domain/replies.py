@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.models import Channel, LogEntry, Nudge, NudgeKind, NudgeStatus, Partner
@@ -55,20 +54,16 @@ def store_reply(
     media_count: int = 0,
     media_types: Sequence[str] = (),
 ) -> ReplyOutcome:
-    existing = session.scalar(select(LogEntry).where(LogEntry.provider_message_id == provider_message_id))
-    if existing is not None:
-        return ReplyOutcome(entry=existing, duplicate=True)
+    # Callers have already claimed `provider_message_id` in inbound_messages (insert-or-ignore), so a
+    # provider retry never reaches this point; the unique constraint on log entries is the backstop.
     prompt = answered_prompt(session, partner, programs, now)
     entry = LogEntry(
         couple_id=partner.couple_id, partner_id=partner.id, nudge=prompt, channel=channel,
         provider_message_id=provider_message_id, body=body.strip()[:MAX_REPLY_CHARS],
         media_count=media_count, media_types=",".join(media_types)[:255] or None, received_at=now,
     )
-    try:
-        with session.begin_nested():
-            session.add(entry)
-    except IntegrityError:
-        return ReplyOutcome(entry=None, duplicate=True)
+    session.add(entry)
+    session.flush()
     from service.domain.reveal import reveal_if_both_answered
 
     reveals = reveal_if_both_answered(session, entry, settings=settings, programs=programs, now=now)

@@ -1,0 +1,158 @@
+"""Shared pieces of the benchmarks: scratch databases, servers on free loopback ports, a bounded load."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from service.db import make_engine, normalize_url
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scratch_database(name: str) -> str:
+    """A fresh PostgreSQL database (BENCH_DATABASE_URL's server, default the local one), else SQLite."""
+    base = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    url = make_url(normalize_url(base))
+    try:
+        admin = make_engine(url.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        return url.set(database=name).render_as_string(hide_password=False)
+    except Exception as exc:  # noqa: BLE001 - no PostgreSQL here: measure on SQLite and say so
+        print(f"(PostgreSQL unavailable: {type(exc).__name__}; using SQLite)", file=sys.stderr)
+        path = ROOT / "instance" / f"{name}.db"
+        path.parent.mkdir(exist_ok=True)
+        path.unlink(missing_ok=True)
+        return f"sqlite:///{path}"
+
+
+@contextmanager
+def gunicorn(app_spec: str, env: dict[str, str], *, workers: int, threads: int) -> Iterator[str]:
+    """One gunicorn (gthread workers, keep-alive) on a free port, stopped on exit."""
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+        "--worker-class", "gthread", "--threads", str(threads), "--keep-alive", "30", "--log-level", "warning",
+        app_spec,
+    ]
+    process = subprocess.Popen(argv, env={**os.environ, **env}, cwd=ROOT)  # noqa: S603
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=2)  # noqa: S310 - loopback only
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"gunicorn {app_spec} did not start") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    seconds: float
+    statuses: dict[int, int]
+    latencies: list[float]
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+    @property
+    def errors(self) -> int:
+        return sum(n for status, n in self.statuses.items() if status >= 400 or status == 0)
+
+    def line(self) -> str:
+        return (f"{self.rps:8.1f} req/s  p50 {1000 * statistics.median(self.latencies):6.1f} ms  "
+                f"p99 {1000 * self.percentile(0.99):6.1f} ms  errors {self.errors}  statuses {self.statuses}")
+
+
+async def _worker(host: str, port: int, requests: Sequence[bytes], cursor: list[int], result: LoadResult) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while True:
+            index = cursor[0]
+            if index >= len(requests):
+                return
+            cursor[0] += 1
+            started = time.perf_counter()
+            writer.write(requests[index])
+            await writer.drain()
+            status_line = await reader.readline()
+            status = int(status_line.split()[1]) if status_line else 0
+            length, close = 0, False
+            while True:
+                header = await reader.readline()
+                if header in (b"\r\n", b""):
+                    break
+                name, _, value = header.decode("latin-1").partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+                elif name.lower() == "connection" and value.strip().lower() == "close":
+                    close = True
+            if length:
+                await reader.readexactly(length)
+            result.latencies.append(time.perf_counter() - started)
+            result.statuses[status] = result.statuses.get(status, 0) + 1
+            if close:
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
+    finally:
+        writer.close()
+
+
+def run_load(url: str, requests: Sequence[bytes], connections: int) -> LoadResult:
+    """Send every prepared request once over `connections` keep-alive connections; bounded by construction."""
+    parsed = make_url_host(url)
+    result = LoadResult(requests=len(requests), seconds=0.0, statuses={}, latencies=[])
+    cursor = [0]
+
+    async def main() -> None:
+        await asyncio.gather(*(_worker(parsed[0], parsed[1], requests, cursor, result) for _ in range(connections)))
+
+    started = time.perf_counter()
+    asyncio.run(main())
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def make_url_host(url: str) -> tuple[str, int]:
+    host_port = url.split("://", 1)[1].split("/", 1)[0]
+    host, _, port = host_port.partition(":")
+    return host, int(port)

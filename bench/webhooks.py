@@ -1,0 +1,128 @@
+"""Throughput of the inbound SMS webhook (signature check, dedupe, persist) under gunicorn, against a bare
+Flask endpoint under the same gunicorn settings, measured in the same run.
+
+    python -m bench.webhooks [--requests 6000] [--connections 64]
+
+The load is a bounded asyncio generator on loopback: each prepared request (a unique MessageSid, signed
+like Twilio signs) is sent exactly once over keep-alive connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from datetime import UTC, datetime, time
+from urllib.parse import urlencode
+
+from cryptography.fernet import Fernet
+from sqlalchemy import func, select
+from twilio.request_validator import RequestValidator
+
+from bench.common import gunicorn, run_load, scratch_database
+from service.crypto import install_cipher, token_digest
+from service.db import Database
+from service.migrations import upgrade
+from service.models import ConsentState, Couple, Enrollment, EnrollmentStatus, LogEntry, Partner
+from service.redis_runtime import start_embedded_redis
+from service.settings import Settings
+
+PUBLIC_BASE_URL = "https://bench.closer.example"
+AUTH_TOKEN = "bench-auth-token-" + "0" * 15
+PATH = "/webhooks/twilio/sms"
+
+
+def seed(database_url: str, couples: int) -> list[str]:
+    database = Database(database_url)
+    phones = []
+    with database.transaction() as session:
+        for i in range(couples):
+            couple = Couple()
+            for position in (1, 2):
+                phone = f"+1415{(2000000 + 2 * i + position) % 10000000:07d}"
+                token = secrets.token_urlsafe(24)
+                couple.partners.append(Partner(
+                    position=position, first_name=f"P{i}-{position}", phone_e164=phone, timezone="America/New_York",
+                    preferred_time=time(9, 0), sms_consent=ConsentState.CONFIRMED, reply_token=secrets.token_hex(12),
+                    log_token=token, log_token_hash=token_digest(token),
+                ))
+                phones.append(phone)
+            session.add(couple)
+            session.add(Enrollment(couple=couple, program_key="appreciation", status=EnrollmentStatus.ACTIVE,
+                                   started_at=datetime.now(UTC)))
+    database.dispose()
+    return phones
+
+
+def prepare(phones: list[str], count: int, tag: str) -> list[bytes]:
+    validator = RequestValidator(AUTH_TOKEN)
+    requests = []
+    for n in range(count):
+        params = {
+            "MessageSid": "SM" + secrets.token_hex(16), "AccountSid": "AC" + "0" * 32,
+            "From": phones[n % len(phones)], "To": "+15005550006", "Body": f"bench {tag} reply {n}",
+            "NumMedia": "0",
+        }
+        body = urlencode(params).encode()
+        signature = validator.compute_signature(PUBLIC_BASE_URL + PATH, params)
+        head = (f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                f"Content-Length: {len(body)}\r\nX-Twilio-Signature: {signature}\r\n\r\n").encode()
+        requests.append(head + body)
+    return requests
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=6000)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=8)
+    args = parser.parse_args()
+
+    database_url = scratch_database("closer_bench_webhooks")
+    embedded = None
+    redis_url = os.environ.get("REDIS_URL")
+    if not redis_url:
+        embedded = start_embedded_redis()
+        redis_url = embedded.url
+    key = Fernet.generate_key().decode()
+    settings = Settings(closer_env="production", database_url=database_url, redis_url=redis_url,
+                        secret_key=secrets.token_urlsafe(32), data_encryption_key=(key,),
+                        public_base_url=PUBLIC_BASE_URL, twilio_auth_token=AUTH_TOKEN).validated()
+    install_cipher(settings.data_encryption_key)
+    upgrade(settings)
+    phones = seed(database_url, couples=1000)
+    env = {
+        "CLOSER_ENV": "production", "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+        "SECRET_KEY": settings.secret_key, "DATA_ENCRYPTION_KEY": key, "PUBLIC_BASE_URL": PUBLIC_BASE_URL,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "LOG_LEVEL": "WARNING",
+    }
+    shape = dict(workers=args.workers, threads=args.threads)
+    print(f"inbound SMS webhook, gunicorn gthread {args.workers}x{args.threads}, {args.connections} connections, "
+          f"{args.requests} requests each, database {database_url.split(':', 1)[0]}")
+    try:
+        with gunicorn("bench.bare_app:create_app()", env, **shape) as url:
+            run_load(url, prepare(phones, 300, "warm-bare"), args.connections)
+            bare = run_load(url, prepare(phones, args.requests, "bare"), args.connections)
+        with gunicorn("service.app:create_app()", env, **shape) as url:
+            run_load(url, prepare(phones, 300, "warm"), args.connections)
+            closer = run_load(url, prepare(phones, args.requests, "closer"), args.connections)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    database = Database(database_url)
+    with database.transaction() as session:
+        stored = session.scalar(select(func.count(LogEntry.id)).where(LogEntry.body.is_not(None)))
+    database.dispose()
+    ratio = closer.rps / bare.rps
+    print(f"bare endpoint : {bare.line()}")
+    print(f"closer webhook: {closer.line()}")
+    print(f"ratio closer/bare: {ratio:.2f} (target >= 0.50); p99 {1000 * closer.percentile(0.99):.1f} ms "
+          f"(target < 100 ms); stored {stored} of {args.requests + 300} replies")
+    ok = ratio >= 0.5 and closer.errors == 0 and stored == args.requests + 300
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
