@@ -1,0 +1,148 @@
+"""A generated sweep over every route of the app: hostile and malformed requests get a 4xx, never a 5xx.
+
+Routes are discovered from the app's URL map, so a new route is swept without anyone remembering to add it.
+Webhook requests are generated both unsigned and correctly signed (so parsing is reached, not only the
+signature check). Rate limits are switched off for the sweep so that deep paths are exercised.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections import Counter
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twilio.request_validator import RequestValidator
+
+from service.runtime import Runtime
+from service.web.limits import limiter
+from tests.factories import make_couple
+
+EXAMPLES = int(os.environ.get("SWEEP_EXAMPLES", "2600"))  # four sweeps: 10,400 requests in all by default
+FIELD_NAMES = [
+    "From", "To", "Body", "MessageSid", "SmsSid", "AccountSid", "NumMedia", "MediaContentType0", "MediaUrl0",
+    "MessageStatus", "ErrorCode", "headers", "from", "to", "cc", "subject", "text", "html", "envelope",
+    "attachments", "csrf_token", "signer_name", "signer_phone", "signer_email", "signer_timezone", "invited_name",
+    "invited_phone", "invited_email", "invited_timezone", "preferred_time", "program", "opt_in_ack", "website",
+    "username", "password", "body", "verb", "reason", "paused",
+]
+NASTY_TEXT = st.one_of(
+    st.text(max_size=80),
+    st.sampled_from([
+        "", " ", "\x00", "%00", "<script>alert(1)</script>", "' OR 1=1 --", "+1415555", "+999999999999999999",
+        "a" * 5000, "\u202e", "😀", "../../etc/passwd", "{{7*7}}", "null", "-1", "9" * 40, "\r\nX-Injected: 1",
+        "2026-02-30T25:61", "reply+@", "YES", "STOP", "PAUSE 99999",
+    ]),
+)
+FORMS = st.dictionaries(st.one_of(st.sampled_from(FIELD_NAMES), st.text(max_size=12)), NASTY_TEXT, max_size=10)
+
+
+def _rules(app: Flask) -> list[tuple[str, str, Any]]:
+    rules = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            rules.append((method, rule.rule, rule))
+    return rules
+
+
+def _path(rule: Any, values: dict[str, str]) -> str:
+    path = rule.rule
+    for argument in rule.arguments:
+        converter = rule._converters[argument]
+        raw = values.get(argument, "x")
+        if type(converter).__name__ == "IntegerConverter":
+            raw = str(abs(hash(raw)) % 10**12)
+        for token in (f"<int:{argument}>", f"<path:{argument}>", f"<{argument}>"):
+            path = path.replace(token, quote(raw, safe="") or "x")
+    return path
+
+
+@pytest.fixture()
+def sweep(app: Flask, client: FlaskClient, runtime: Runtime, db: Any) -> Any:
+    couple = make_couple(db)
+    db.commit()
+    limiter.enabled = False
+    counts: Counter[int] = Counter()
+    yield app, client, runtime, couple, counts
+    limiter.enabled = True
+    print(f"sweep: {sum(counts.values())} requests, statuses {dict(sorted(counts.items()))}")
+
+
+def _check(response: Any, counts: Counter[int], what: str) -> None:
+    counts[response.status_code] += 1
+    assert response.status_code < 500, f"{what} -> {response.status_code}: {response.get_data(as_text=True)[:500]}"
+
+
+SWEEP_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@SWEEP_SETTINGS
+@given(data=st.data())
+def test_every_route_with_hostile_input(sweep: Any, data: st.DataObject) -> None:
+    app, client, _runtime, _couple, counts = sweep
+    method, _, rule = data.draw(st.sampled_from(_rules(app)))
+    path = _path(rule, data.draw(st.dictionaries(st.sampled_from(list(rule.arguments) or ["x"]), st.text(max_size=40))))
+    form = data.draw(FORMS)
+    query = data.draw(st.dictionaries(st.text(max_size=8), st.text(max_size=20), max_size=3))
+    headers = data.draw(st.dictionaries(
+        st.sampled_from(["X-Twilio-Signature", "Authorization", "Accept", "X-Twilio-Email-Event-Webhook-Signature",
+                         "X-Twilio-Email-Event-Webhook-Timestamp", "Content-Type"]),
+        st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60), max_size=3,
+    ))
+    if method == "GET":
+        response = client.get(path, query_string=query, headers=headers)
+    else:
+        response = client.open(path, method=method, data=form, query_string=query, headers=headers)
+    _check(response, counts, f"{method} {path}")
+
+
+@SWEEP_SETTINGS
+@given(body=st.binary(max_size=600), content_type=st.sampled_from([
+    "application/x-www-form-urlencoded", "multipart/form-data; boundary=xyz", "application/json", "text/plain",
+    "multipart/form-data", "",
+]))
+def test_raw_bodies_on_every_post_route(sweep: Any, body: bytes, content_type: str) -> None:
+    app, client, _runtime, _couple, counts = sweep
+    posts = [r for m, _, r in _rules(app) if m == "POST"]
+    rule = posts[len(body) % len(posts)]
+    response = client.post(_path(rule, {}), data=body, headers={"Content-Type": content_type})
+    _check(response, counts, f"raw POST {rule.rule}")
+
+
+@SWEEP_SETTINGS
+@given(form=FORMS, use_partner=st.booleans(), sid=st.text(max_size=40))
+def test_signed_twilio_webhooks(sweep: Any, form: dict[str, str], use_partner: bool, sid: str) -> None:
+    _app, client, runtime, couple, counts = sweep
+    params = dict(form)
+    if use_partner:
+        params["From"] = couple.partners[0].phone_e164
+        params.setdefault("MessageSid", "SM" + sid.encode().hex()[:32].ljust(32, "0"))
+    validator = RequestValidator(runtime.settings.twilio_auth_token)
+    for path in ("/webhooks/twilio/sms", "/webhooks/twilio/status"):
+        url = runtime.settings.public_base_url + path
+        signature = validator.compute_signature(url, params)
+        response = client.post(path, data=params, headers={"X-Twilio-Signature": signature})
+        _check(response, counts, f"signed POST {path} {params!r}")
+
+
+@SWEEP_SETTINGS
+@given(form=FORMS, use_partner=st.booleans())
+def test_authenticated_inbound_parse(sweep: Any, form: dict[str, str], use_partner: bool) -> None:
+    _app, client, runtime, couple, counts = sweep
+    fields = dict(form)
+    if use_partner:
+        partner = couple.partners[1]
+        fields.setdefault("from", partner.email)
+        fields["to"] = f"reply+{partner.reply_token}@{runtime.settings.inbound_email_domain}"
+    auth = base64.b64encode(f"closer:{runtime.settings.inbound_parse_secret}".encode()).decode()
+    response = client.post("/webhooks/sendgrid/inbound", data=fields, headers={"Authorization": f"Basic {auth}"})
+    _check(response, counts, f"inbound parse {fields!r}")
