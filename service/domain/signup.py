@@ -260,9 +260,10 @@ def confirmation_sms(
             candidates.append(f"{sender}: {signer}, you signed up for {title}, {freq}. {lead} YES to confirm. {rates}")
         candidates.append(f"{sender}: you signed up for {title}, {freq}. {lead} YES to confirm. {rates}")
     else:
-        lead = "A gentle reminder: " if reminder else ""
         name = signer or "Your partner"
-        candidates.append(f"{sender}: {lead}{name} invited you to {title}, {freq}. Reply YES to join. {rates}")
+        if reminder:
+            candidates.append(f"{sender}: Reminder: {name} invited you to {title}, {freq}. Reply YES to join. {rates}")
+            candidates.append(f"{sender}: Reminder: reply YES to join {title}, {freq}. {rates}")
         candidates.append(f"{sender}: {name} invited you to {title}, {freq}. Reply YES to join. {rates}")
     candidates.append(f"{sender}: Reply YES to join {title}, {freq}. {rates}")
     candidates.append(f"Reply YES to get {sender[:20]} texts, {freq}. {rates}")
