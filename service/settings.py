@@ -165,6 +165,8 @@ class Settings:
                 raise SettingsError("Set TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID to send SMS.")
             if self.effective_email_provider == "sendgrid" and not self.inbound_parse_secret:
                 raise SettingsError("Set INBOUND_PARSE_SECRET to guard the SendGrid Inbound Parse webhook.")
+            if self.effective_email_provider == "sendgrid" and not self.sender_postal_address:
+                raise SettingsError("Set SENDER_POSTAL_ADDRESS: CAN-SPAM requires it in every email footer.")
         return replace(self, **changes) if changes else self
 
 

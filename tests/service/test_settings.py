@@ -48,3 +48,11 @@ def test_twilio_credentials_select_twilio() -> None:
         "TWILIO_FROM_NUMBER": "+15005550006",
     }, load_dotenv=False)
     assert settings.effective_sms_provider == "twilio"
+
+
+def test_production_email_needs_a_postal_address() -> None:
+    base = {"CLOSER_ENV": "production", "SECRET_KEY": "s" * 40, "DATA_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+            "SENDGRID_API_KEY": "SG.x", "SENDGRID_FROM_EMAIL": "hi@example.com", "INBOUND_PARSE_SECRET": "p"}
+    with pytest.raises(SettingsError, match="SENDER_POSTAL_ADDRESS"):
+        Settings.from_env(base)
+    assert Settings.from_env({**base, "SENDER_POSTAL_ADDRESS": "1 Main St"}).effective_email_provider == "sendgrid"
