@@ -274,5 +274,29 @@ def forget_command(couple_id: int, yes: bool) -> None:
     click.echo(f"couple {couple_id} erased")
 
 
+# --- operators --------------------------------------------------------------------------------
+
+
+@main.group("operators")
+def operators_group() -> None:
+    """Operator logins for /ops (OPERATOR_USERS)."""
+
+
+@operators_group.command("hash", with_appcontext=False)
+@click.argument("name", required=False)
+def operators_hash(name: str | None) -> None:
+    """Print a password hash for OPERATOR_USERS; the password is read from a prompt, never an argument."""
+    from service.domain.operators import OPERATOR_NAME, hash_password
+
+    if name is not None and not OPERATOR_NAME.fullmatch(name):
+        raise click.BadParameter("use letters, digits and ._@- (up to 64)", param_hint="NAME")
+    password = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    try:
+        hashed = hash_password(password)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{name}:{hashed}" if name else hashed)
+
+
 if __name__ == "__main__":
     main()
