@@ -182,7 +182,7 @@ class ConsentRecord(Base):
     partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id", ondelete="CASCADE"), index=True)
     channel: Mapped[str] = mapped_column(String(8))
     action: Mapped[str] = mapped_column(String(16))  # requested, confirmed, withdrawn, resumed, bounced
-    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     source: Mapped[str] = mapped_column(String(16))  # web, sms, email, provider, operator
     source_detail: Mapped[str | None] = mapped_column(String(512))  # IP and user agent, or MessageSid
     disclosure_version: Mapped[str | None] = mapped_column(String(32))
@@ -192,6 +192,8 @@ class ConsentRecord(Base):
 
 class Enrollment(Base):
     __tablename__ = "enrollments"
+    # The operator's count by status and program reads this index alone.
+    __table_args__ = (Index("ix_enrollments_status_program_key", "status", "program_key"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     couple_id: Mapped[int] = mapped_column(ForeignKey("couples.id", ondelete="CASCADE"), index=True)
@@ -234,6 +236,10 @@ class Nudge(Base):
     __table_args__ = (
         UniqueConstraint("enrollment_id", "kind", "step_day", "partner_id", "channel"),
         Index("ix_nudges_status_scheduled_for", "status", "scheduled_for"),
+        # The operator's numbers: each a time-window range scan (service/domain/ops_status.py).
+        Index("ix_nudges_sent_at_channel_kind", "sent_at", "channel", "kind"),
+        Index("ix_nudges_delivered_at_channel", "delivered_at", "channel"),
+        Index("ix_nudges_status_sending_at", "status", "sending_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -69,6 +69,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_enrollments_couple_id'), ['couple_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_enrollments_program_key'), ['program_key'], unique=False)
         batch_op.create_index(batch_op.f('ix_enrollments_status'), ['status'], unique=False)
+        batch_op.create_index('ix_enrollments_status_program_key', ['status', 'program_key'], unique=False)
 
     op.create_table('partners',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -119,6 +120,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('consent_records', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_consent_records_partner_id'), ['partner_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_consent_records_occurred_at'), ['occurred_at'], unique=False)
 
     op.create_table('inbound_messages',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -167,6 +169,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_nudges_partner_id'), ['partner_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_nudges_provider_message_id'), ['provider_message_id'], unique=False)
         batch_op.create_index('ix_nudges_status_scheduled_for', ['status', 'scheduled_for'], unique=False)
+        batch_op.create_index('ix_nudges_sent_at_channel_kind', ['sent_at', 'channel', 'kind'], unique=False)
+        batch_op.create_index('ix_nudges_delivered_at_channel', ['delivered_at', 'channel'], unique=False)
+        batch_op.create_index('ix_nudges_status_sending_at', ['status', 'sending_at'], unique=False)
 
     op.create_table('partner_schedules',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -248,6 +253,9 @@ def downgrade() -> None:
 
     op.drop_table('partner_schedules')
     with op.batch_alter_table('nudges', schema=None) as batch_op:
+        batch_op.drop_index('ix_nudges_status_sending_at')
+        batch_op.drop_index('ix_nudges_delivered_at_channel')
+        batch_op.drop_index('ix_nudges_sent_at_channel_kind')
         batch_op.drop_index('ix_nudges_status_scheduled_for')
         batch_op.drop_index(batch_op.f('ix_nudges_provider_message_id'))
         batch_op.drop_index(batch_op.f('ix_nudges_partner_id'))
@@ -259,6 +267,7 @@ def downgrade() -> None:
 
     op.drop_table('inbound_messages')
     with op.batch_alter_table('consent_records', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_consent_records_occurred_at'))
         batch_op.drop_index(batch_op.f('ix_consent_records_partner_id'))
 
     op.drop_table('consent_records')
@@ -270,6 +279,7 @@ def downgrade() -> None:
 
     op.drop_table('partners')
     with op.batch_alter_table('enrollments', schema=None) as batch_op:
+        batch_op.drop_index('ix_enrollments_status_program_key')
         batch_op.drop_index(batch_op.f('ix_enrollments_status'))
         batch_op.drop_index(batch_op.f('ix_enrollments_program_key'))
         batch_op.drop_index(batch_op.f('ix_enrollments_couple_id'))

@@ -1,0 +1,482 @@
+"""The operator's numbers: counts from SQL, never a couple's words or a full address.
+
+Every query on a large table is bounded by a time window on an indexed column (or reads a small,
+indexed subset such as nudges under review), so the page costs what happened in the last day,
+not how many couples have ever enrolled:
+
+- sends per hour and per channel: `ix_nudges_sent_at_channel_kind` (index-only on PostgreSQL);
+- deliveries: `ix_nudges_delivered_at_channel`;
+- failures and provider errors: `ix_nudges_status_sending_at`, one range per failing status;
+- replies: `ix_log_entries_received_at_channel` (the body column is never selected);
+- opt-outs and bounces: `ix_consent_records_occurred_at`;
+- enrollments: `ix_enrollments_status_program_key`; due soon: `ix_partner_schedules_next_send_at`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from service.domain.planner import LAST_PASS_FLAG, SENDING_PAUSED_FLAG
+from service.models import (
+    Channel,
+    ConsentRecord,
+    ControlFlag,
+    Enrollment,
+    LogEntry,
+    Nudge,
+    NudgeKind,
+    NudgeStatus,
+    PartnerSchedule,
+)
+
+HOUR = timedelta(hours=1)
+DAY = timedelta(hours=24)
+FAILED_STATUSES = (NudgeStatus.FAILED, NudgeStatus.UNDELIVERED)
+# Statuses a nudge can hold while carrying a provider error: final failures, retries waiting, and
+# sends whose outcome is unknown.
+ERROR_STATUSES = (NudgeStatus.FAILED, NudgeStatus.UNDELIVERED, NudgeStatus.SCHEDULED, NudgeStatus.SENDING)
+CHANNELS = (Channel.SMS, Channel.EMAIL)
+
+# What the codes we record mean, in the operator's terms.
+ERROR_MEANINGS: dict[str, str] = {
+    "21211": "Twilio: the 'To' number is not a valid phone number.",
+    "21214": "Twilio: the 'To' number cannot be reached (not a working number).",
+    "21408": "Twilio: sending to this region is not enabled on the account.",
+    "21610": "Twilio: the recipient texted STOP to our number; Twilio refuses until they text START.",
+    "21614": "Twilio: the 'To' number is not a mobile number that can receive texts.",
+    "20003": "Twilio: authentication failed; check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN.",
+    "20429": "Twilio: too many requests; we are sending faster than the account allows.",
+    "30001": "Twilio: queue overflow; too many messages queued for the sender.",
+    "30002": "Twilio: the account is suspended.",
+    "30003": "Carrier: the handset is unreachable (switched off or out of coverage).",
+    "30004": "Carrier: message blocked (the recipient or their carrier blocks it).",
+    "30005": "Carrier: unknown handset; the number may no longer exist.",
+    "30006": "Carrier: landline or unreachable carrier; this number cannot receive texts.",
+    "30007": "Carrier: message filtered as spam or as breaking carrier rules.",
+    "30008": "Carrier: unknown error delivering the message.",
+    "30034": "Carrier: the sender number is not registered for A2P 10DLC.",
+    "bounce": "SendGrid: the receiving mail server rejected the message permanently (bounce).",
+    "blocked": "SendGrid: the receiving mail server blocked the message (often reputation or content).",
+    "dropped": "SendGrid: not sent because the address bounced, unsubscribed or reported spam before.",
+    "deferred": "SendGrid: the receiving server asked to try later; SendGrid keeps retrying for 72 hours.",
+    "spamreport": "SendGrid: the recipient marked the message as spam.",
+    "unsubscribe": "SendGrid: the recipient unsubscribed.",
+    "400": "SendGrid API: the request was refused as malformed.",
+    "401": "SendGrid API: the API key is missing or wrong (SENDGRID_API_KEY).",
+    "403": "SendGrid API: the key lacks permission or the sender is not verified.",
+    "413": "SendGrid API: the message is too large.",
+    "429": "Provider API: rate limited; the send is retried after Retry-After.",
+    "500": "Provider API: server error; the send is retried.",
+    "502": "Provider API: bad gateway; the send is retried.",
+    "503": "Provider API: unavailable; the send is retried.",
+    "timeout": "The provider did not accept the connection in time; the send is retried.",
+    "connection": "The provider could not be reached; the send is retried.",
+    "outcome_unknown": "The provider did not answer in time: it may have sent the message. Awaiting review.",
+}
+
+
+def error_meaning(code: str | None) -> str:
+    if not code:
+        return ""
+    return ERROR_MEANINGS.get(code.strip().lower(), "See the provider's documentation for this code.")
+
+
+def floor_hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _hour_key(session: Session, column: InstrumentedAttribute[Any] | ColumnElement[Any]) -> ColumnElement[str]:
+    """The UTC hour of a timestamp as 'YYYY-MM-DDTHH', computed by the database."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.to_char(func.date_trunc("hour", func.timezone("UTC", column)), 'YYYY-MM-DD"T"HH24')
+    return func.strftime("%Y-%m-%dT%H", column)
+
+
+def _hour_of(key: str) -> datetime:
+    return datetime.strptime(key, "%Y-%m-%dT%H").replace(tzinfo=UTC)
+
+
+# --- activity per hour --------------------------------------------------------------------------
+
+
+@dataclass
+class HourlyActivity:
+    """Outbound and inbound traffic in each of the last `len(hours)` UTC hours (the last one is partial)."""
+
+    hours: list[datetime]
+    sends: list[int]
+    deliveries: list[int]
+    failures: list[int]
+    replies: list[int]
+
+    @property
+    def totals(self) -> dict[str, int]:
+        return {"sends": sum(self.sends), "deliveries": sum(self.deliveries), "failures": sum(self.failures),
+                "replies": sum(self.replies)}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "hours": [h.isoformat() for h in self.hours],
+            "sends": self.sends, "deliveries": self.deliveries, "failures": self.failures, "replies": self.replies,
+            "totals": self.totals,
+        }
+
+
+def _bucketed(session: Session, key: ColumnElement[str], *where: ColumnElement[bool]) -> dict[datetime, int]:
+    rows = session.execute(select(key.label("hour"), func.count()).where(*where).group_by(key)).all()
+    return {_hour_of(hour): int(count) for hour, count in rows if hour}
+
+
+def hourly_activity(session: Session, now: datetime, hours: int = 24) -> HourlyActivity:
+    end = floor_hour(now) + HOUR
+    start = end - hours * HOUR
+    buckets = [start + i * HOUR for i in range(hours)]
+    sends = _bucketed(session, _hour_key(session, Nudge.sent_at), Nudge.sent_at >= start, Nudge.sent_at < end)
+    deliveries = _bucketed(session, _hour_key(session, Nudge.delivered_at),
+                           Nudge.delivered_at >= start, Nudge.delivered_at < end)
+    # A failure counts in the hour we handed the message over: the chart then reads "of what went
+    # out at 8, this much failed", whether the provider refused it at once or a carrier later.
+    failures = _bucketed(session, _hour_key(session, Nudge.sending_at), Nudge.status.in_(FAILED_STATUSES),
+                         Nudge.sending_at >= start, Nudge.sending_at < end)
+    replies = _bucketed(session, _hour_key(session, LogEntry.received_at),
+                        LogEntry.received_at >= start, LogEntry.received_at < end)
+    return HourlyActivity(
+        hours=buckets,
+        sends=[sends.get(h, 0) for h in buckets],
+        deliveries=[deliveries.get(h, 0) for h in buckets],
+        failures=[failures.get(h, 0) for h in buckets],
+        replies=[replies.get(h, 0) for h in buckets],
+    )
+
+
+# --- rates per channel --------------------------------------------------------------------------
+
+
+@dataclass
+class ChannelRates:
+    channel: str
+    sent: int
+    delivered: int
+    failed: int
+    prompts_sent: int
+    replies: int
+
+    @property
+    def delivery_rate(self) -> float | None:
+        return round(self.delivered / self.sent, 4) if self.sent else None
+
+    @property
+    def failure_rate(self) -> float | None:
+        return round(self.failed / self.sent, 4) if self.sent else None
+
+    @property
+    def reply_rate(self) -> float | None:
+        return round(self.replies / self.prompts_sent, 4) if self.prompts_sent else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "delivery_rate": self.delivery_rate, "failure_rate": self.failure_rate,
+                "reply_rate": self.reply_rate}
+
+
+def channel_rates(session: Session, now: datetime, window: timedelta = DAY) -> list[ChannelRates]:
+    """Rates over a sliding window, each a ratio of two windowed counts.
+
+    Counting deliveries and replies that arrived in the window (rather than following each sent
+    nudge) keeps every count an index range scan; over a day the difference is the edges.
+    """
+    start = now - window
+
+    def by_channel(query: Any) -> dict[str, int]:
+        return {str(channel): int(count) for channel, count in session.execute(query).all()}
+
+    sent = by_channel(select(Nudge.channel, func.count()).where(Nudge.sent_at >= start, Nudge.sent_at <= now)
+                      .group_by(Nudge.channel))
+    prompts = by_channel(select(Nudge.channel, func.count())
+                         .where(Nudge.sent_at >= start, Nudge.sent_at <= now, Nudge.kind == NudgeKind.PROMPT)
+                         .group_by(Nudge.channel))
+    delivered = by_channel(select(Nudge.channel, func.count())
+                           .where(Nudge.delivered_at >= start, Nudge.delivered_at <= now).group_by(Nudge.channel))
+    failed = by_channel(select(Nudge.channel, func.count())
+                        .where(Nudge.status.in_(FAILED_STATUSES), Nudge.sending_at >= start, Nudge.sending_at <= now)
+                        .group_by(Nudge.channel))
+    replies = by_channel(select(LogEntry.channel, func.count())
+                         .where(LogEntry.received_at >= start, LogEntry.received_at <= now,
+                                LogEntry.nudge_id.is_not(None))
+                         .group_by(LogEntry.channel))
+    return [
+        ChannelRates(channel=str(c), sent=sent.get(c, 0), delivered=delivered.get(c, 0), failed=failed.get(c, 0),
+                     prompts_sent=prompts.get(c, 0), replies=replies.get(c, 0))
+        for c in CHANNELS
+    ]
+
+
+# --- consent ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConsentChanges:
+    window_hours: int
+    opt_outs: dict[str, int]
+    bounces: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def consent_changes(session: Session, now: datetime, window: timedelta = DAY) -> ConsentChanges:
+    rows = session.execute(
+        select(ConsentRecord.action, ConsentRecord.channel, func.count())
+        .where(ConsentRecord.occurred_at >= now - window, ConsentRecord.occurred_at <= now,
+               ConsentRecord.action.in_(["withdrawn", "bounced"]))
+        .group_by(ConsentRecord.action, ConsentRecord.channel)
+    ).all()
+    opt_outs = {str(c): 0 for c in CHANNELS}
+    bounces = {str(c): 0 for c in CHANNELS}
+    for action, channel, count in rows:
+        (opt_outs if action == "withdrawn" else bounces)[str(channel)] = int(count)
+    return ConsentChanges(window_hours=int(window.total_seconds() // 3600), opt_outs=opt_outs, bounces=bounces)
+
+
+# --- enrollments and what is due ----------------------------------------------------------------
+
+
+@dataclass
+class EnrollmentCount:
+    program: str
+    status: str
+    count: int
+
+
+def enrollment_counts(session: Session) -> list[EnrollmentCount]:
+    rows = session.execute(
+        select(Enrollment.status, Enrollment.program_key, func.count())
+        .group_by(Enrollment.status, Enrollment.program_key)
+        .order_by(Enrollment.program_key, Enrollment.status)
+    ).all()
+    return [EnrollmentCount(program=str(program), status=str(status), count=int(count))
+            for status, program, count in rows]
+
+
+@dataclass
+class DueSoon:
+    """Partner schedules due in each of the next hours; `overdue` are already due, awaiting a pass."""
+
+    hours: list[datetime]
+    counts: list[int]
+    overdue: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"hours": [h.isoformat() for h in self.hours], "counts": self.counts, "overdue": self.overdue,
+                "total": self.total}
+
+
+def due_by_hour(session: Session, now: datetime, hours: int = 24) -> DueSoon:
+    start = floor_hour(now)
+    end = start + hours * HOUR
+    buckets = [start + i * HOUR for i in range(hours)]
+    due = _bucketed(session, _hour_key(session, PartnerSchedule.next_send_at),
+                    PartnerSchedule.next_send_at > now, PartnerSchedule.next_send_at < end)
+    overdue = session.scalar(select(func.count()).where(PartnerSchedule.next_send_at <= now)) or 0
+    return DueSoon(hours=buckets, counts=[due.get(h, 0) for h in buckets], overdue=int(overdue))
+
+
+# --- provider errors and review -----------------------------------------------------------------
+
+
+@dataclass
+class ErrorSummary:
+    code: str
+    channel: str
+    count: int
+    last_seen: datetime | None
+    meaning: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "last_seen": self.last_seen.isoformat() if self.last_seen else None}
+
+
+@dataclass
+class RecentError:
+    nudge_id: int
+    channel: str
+    kind: str
+    status: str
+    code: str
+    meaning: str
+    at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "at": self.at.isoformat() if self.at else None}
+
+
+@dataclass
+class ProviderErrors:
+    window_hours: int
+    by_code: list[ErrorSummary]
+    latest: list[RecentError]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"window_hours": self.window_hours, "by_code": [e.as_dict() for e in self.by_code],
+                "latest": [e.as_dict() for e in self.latest]}
+
+
+def provider_errors(session: Session, now: datetime, window: timedelta = DAY, latest: int = 20) -> ProviderErrors:
+    """The codes providers gave us on messages handed over in the window, and the latest few."""
+    in_window = (Nudge.status.in_(ERROR_STATUSES), Nudge.sending_at >= now - window, Nudge.sending_at <= now,
+                 Nudge.error_code.is_not(None))
+    summary = session.execute(
+        select(Nudge.error_code, Nudge.channel, func.count(), func.max(Nudge.sending_at))
+        .where(*in_window).group_by(Nudge.error_code, Nudge.channel)
+    ).all()
+    by_code = sorted(
+        (ErrorSummary(code=str(code), channel=str(channel), count=int(count), last_seen=_aware(last),
+                      meaning=error_meaning(code)) for code, channel, count, last in summary),
+        key=lambda e: (-e.count, e.code, e.channel),
+    )
+    rows = session.execute(
+        select(Nudge.id, Nudge.channel, Nudge.kind, Nudge.status, Nudge.error_code, Nudge.sending_at)
+        .where(*in_window).order_by(Nudge.sending_at.desc(), Nudge.id.desc()).limit(latest)
+    ).all()
+    recent = [RecentError(nudge_id=int(i), channel=str(ch), kind=str(k), status=str(st), code=str(code),
+                          meaning=error_meaning(code), at=_aware(at)) for i, ch, k, st, code, at in rows]
+    return ProviderErrors(window_hours=int(window.total_seconds() // 3600), by_code=by_code, latest=recent)
+
+
+def _aware(value: Any) -> datetime | None:
+    """Aggregates (max) bypass the column type, so SQLite hands back a string or a naive datetime."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass
+class ReviewItem:
+    nudge_id: int
+    channel: str
+    kind: str
+    status: str
+    attempts: int
+    error_code: str | None
+    reason: str | None
+    sending_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "sending_at": self.sending_at.isoformat() if self.sending_at else None}
+
+
+@dataclass
+class ReviewQueue:
+    count: int
+    items: list[ReviewItem] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "items": [i.as_dict() for i in self.items]}
+
+
+def review_queue(session: Session, limit: int = 50) -> ReviewQueue:
+    """Nudges whose outcome is unknown, oldest first; few, and found through `ix_nudges_needs_review`."""
+    count = session.scalar(select(func.count()).where(Nudge.needs_review.is_(True))) or 0
+    rows = session.execute(
+        select(Nudge.id, Nudge.channel, Nudge.kind, Nudge.status, Nudge.attempts, Nudge.error_code,
+               Nudge.status_reason, Nudge.sending_at)
+        .where(Nudge.needs_review.is_(True)).order_by(Nudge.id).limit(limit)
+    ).all()
+    items = [ReviewItem(nudge_id=int(i), channel=str(ch), kind=str(k), status=str(st), attempts=int(a or 0),
+                        error_code=code, reason=reason, sending_at=at)
+             for i, ch, k, st, a, code, reason, at in rows]
+    return ReviewQueue(count=int(count), items=items)
+
+
+# --- controls -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ControlState:
+    sending_paused: bool
+    paused_changed_at: datetime | None
+    scheduler_last_pass: datetime | None
+
+    def scheduler_age_seconds(self, now: datetime) -> float | None:
+        if self.scheduler_last_pass is None:
+            return None
+        return max(0.0, (now - self.scheduler_last_pass).total_seconds())
+
+    def as_dict(self, now: datetime) -> dict[str, Any]:
+        return {
+            "sending_paused": self.sending_paused,
+            "paused_changed_at": self.paused_changed_at.isoformat() if self.paused_changed_at else None,
+            "scheduler_last_pass": self.scheduler_last_pass.isoformat() if self.scheduler_last_pass else None,
+            "scheduler_age_seconds": self.scheduler_age_seconds(now),
+        }
+
+
+def control_state(session: Session) -> ControlState:
+    flags = {f.key: f for f in session.scalars(
+        select(ControlFlag).where(ControlFlag.key.in_([SENDING_PAUSED_FLAG, LAST_PASS_FLAG]))
+    )}
+    paused = flags.get(SENDING_PAUSED_FLAG)
+    last_pass = flags.get(LAST_PASS_FLAG)
+    last_pass_at: datetime | None = None
+    if last_pass is not None:
+        try:
+            last_pass_at = _aware(datetime.fromisoformat(last_pass.value))
+        except ValueError:
+            last_pass_at = last_pass.updated_at
+    return ControlState(
+        sending_paused=paused is not None and paused.value == "1",
+        paused_changed_at=paused.updated_at if paused is not None else None,
+        scheduler_last_pass=last_pass_at,
+    )
+
+
+@dataclass
+class StatusReport:
+    """Everything SQL knows for the status page; `as_dict` is what /ops/status.json serves."""
+
+    now: datetime
+    activity: HourlyActivity
+    channels: list[ChannelRates]
+    consent: ConsentChanges
+    enrollments: list[EnrollmentCount]
+    due: DueSoon
+    errors: ProviderErrors
+    review: ReviewQueue
+    controls: ControlState
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "activity": self.activity.as_dict(),
+            "channels": [c.as_dict() for c in self.channels],
+            "consent": self.consent.as_dict(),
+            "enrollments": [asdict(e) for e in self.enrollments],
+            "due": self.due.as_dict(),
+            "provider_errors": self.errors.as_dict(),
+            "review": self.review.as_dict(),
+            "controls": self.controls.as_dict(self.now),
+        }
+
+
+def status_report(session: Session, now: datetime) -> StatusReport:
+    return StatusReport(
+        now=now,
+        activity=hourly_activity(session, now),
+        channels=channel_rates(session, now),
+        consent=consent_changes(session, now),
+        enrollments=enrollment_counts(session),
+        due=due_by_hour(session, now),
+        errors=provider_errors(session, now),
+        review=review_queue(session),
+        controls=control_state(session),
+    )
