@@ -96,7 +96,7 @@ def register_security(app: Flask, settings: Settings) -> None:
 
 
 def register_blueprints(app: Flask, settings: Settings) -> None:
-    from service.web import dev, errors, health, pages, signup
+    from service.web import dev, errors, health, ops, pages, signup
     from service.web import log as shared_log
     from service.web.webhooks import bp as webhooks_bp
     from service.web.webhooks import sendgrid_inbound  # noqa: F401 - attaches its route to the blueprint
@@ -107,6 +107,7 @@ def register_blueprints(app: Flask, settings: Settings) -> None:
     app.register_blueprint(pages.bp)
     app.register_blueprint(signup.bp)
     app.register_blueprint(shared_log.bp)
+    app.register_blueprint(ops.bp)
     app.extensions["csrf"].exempt(webhooks_bp)
     app.register_blueprint(webhooks_bp)
     if settings.is_development or settings.is_testing:
