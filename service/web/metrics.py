@@ -1,21 +1,251 @@
-"""GET /metrics in Prometheus format; multiprocess-safe when PROMETHEUS_MULTIPROC_DIR is set."""
+"""GET /metrics in Prometheus format.
+
+Two kinds of numbers, each correct however many gunicorn workers (and RQ workers) there are:
+
+- Webhook requests are counted in the web process that served them with prometheus-client. With
+  PROMETHEUS_MULTIPROC_DIR set (service/gunicorn_conf.py sets one), every worker writes its own file
+  and a scrape of any worker sums them all.
+- Nudge outcomes and replies happen in RQ workers on other machines as much as in the web, so they
+  are counted in Redis, after the commit that recorded them, and read back at scrape time together
+  with live gauges (queue depths, the oldest job's age, failed jobs, workers, the kill switch, the
+  scheduler's last pass, nudges awaiting review). Code that records a nudge outcome calls
+  `count_nudges`; replies are counted by themselves when a log entry is committed.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
-from flask import Blueprint, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+import redis as redis_lib
+from flask import Blueprint, Flask, Response, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest, multiprocess
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import event, func, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session, UOWTransaction
+
+from service.models import Channel, LogEntry, Nudge
+from service.runtime import Runtime, current_runtime, db_session, runtime_of
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("metrics", __name__)
+
+WEBHOOK_REQUESTS = Counter(
+    "closer_webhook_requests", "Provider webhook requests, by route and response status.", ["endpoint", "status"]
+)
+
+EVENTS_KEY = "closer:metrics:events"
+# Label values are fixed sets, so a typo or a new value cannot explode the series count.
+NUDGE_OUTCOMES = frozenset({"sent", "delivered", "failed", "undelivered", "retry", "review", "cancelled", "skipped"})
+CHANNELS = frozenset(c.value for c in Channel)
+REDIS_BACKOFF_SECONDS = 30.0
+_PENDING_REPLIES = "closer_metric_replies"
+
+_engines: dict[Engine, str] = {}
+_clients: dict[str, redis_lib.Redis] = {}
+_lock = threading.Lock()
+_redis_down_until = 0.0
+
+
+# --- counting into Redis ------------------------------------------------------------------------
+
+
+def _client(url: str) -> redis_lib.Redis:
+    with _lock:
+        client = _clients.get(url)
+        if client is None:
+            # Short timeouts: a Redis outage must not slow a send down, only lose a few counts.
+            client = redis_lib.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+            _clients[url] = client
+        return client
+
+
+def _add(redis_url: str, fields: Mapping[str, int]) -> None:
+    global _redis_down_until
+    if not fields or time.monotonic() < _redis_down_until:
+        return
+    try:
+        with _client(redis_url).pipeline(transaction=False) as pipe:
+            for name, amount in fields.items():
+                pipe.hincrby(EVENTS_KEY, name, amount)
+            pipe.execute()
+    except redis_lib.RedisError:
+        _redis_down_until = time.monotonic() + REDIS_BACKOFF_SECONDS
+        log.warning("metrics not counted: Redis unavailable", extra={"events": sum(fields.values())})
+
+
+def count_nudges(runtime: Runtime, outcome: str, channel: str, kind: str, amount: int = 1) -> None:
+    """Count nudge outcomes; call after the commit that recorded them. Never raises."""
+    if amount <= 0 or outcome not in NUDGE_OUTCOMES or channel not in CHANNELS:
+        return
+    _add(runtime.redis_url, {f"nudges|{outcome}|{channel}|{kind[:32]}": amount})
+
+
+def count_nudge_outcomes(runtime: Runtime, counts: Mapping[tuple[str, str, str], int]) -> None:
+    """Count a batch's outcomes at once: keys are (outcome, channel, kind)."""
+    fields = {f"nudges|{outcome}|{channel}|{kind[:32]}": amount
+              for (outcome, channel, kind), amount in counts.items()
+              if amount > 0 and outcome in NUDGE_OUTCOMES and channel in CHANNELS}
+    _add(runtime.redis_url, fields)
+
+
+def _note_replies(session: Session, _flush: UOWTransaction) -> None:
+    """Replies are log entries, always inserted through the ORM: note them, to count if the commit happens."""
+    new = [obj.channel for obj in session.new if isinstance(obj, LogEntry)]
+    if new:
+        pending: Tally[str] = session.info.setdefault(_PENDING_REPLIES, Tally())
+        pending.update(new)
+
+
+def _publish_replies(session: Session) -> None:
+    pending: Tally[str] | None = session.info.pop(_PENDING_REPLIES, None)
+    if not pending:
+        return
+    bind = session.get_bind()
+    engine = bind.engine if isinstance(bind, Connection) else bind
+    url = _engines.get(engine) if isinstance(engine, Engine) else None
+    if url is not None:
+        _add(url, {f"replies|{channel}": n for channel, n in pending.items() if channel in CHANNELS})
+
+
+def _forget_replies(session: Session) -> None:
+    session.info.pop(_PENDING_REPLIES, None)
+
+
+def install_reply_counter(runtime: Runtime) -> None:
+    """Count replies committed through this runtime's database (idempotent)."""
+    with _lock:
+        _engines[runtime.database.engine] = runtime.redis_url
+    if not event.contains(Session, "after_flush", _note_replies):
+        event.listen(Session, "after_flush", _note_replies)
+        event.listen(Session, "after_commit", _publish_replies)
+        event.listen(Session, "after_rollback", _forget_replies)
+
+
+@bp.record_once
+def _wire(state: Any) -> None:
+    app: Flask = state.app
+    install_reply_counter(runtime_of(app))
+
+
+# --- webhook requests ---------------------------------------------------------------------------
+
+
+@bp.after_app_request
+def _count_webhook(response: Response) -> Response:
+    if request.path.startswith("/webhooks/"):
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        WEBHOOK_REQUESTS.labels(endpoint=endpoint, status=str(response.status_code)).inc()
+    return response
+
+
+# --- scrape-time numbers ------------------------------------------------------------------------
+
+
+class _ThisProcess(Collector):
+    """The default registry's metrics, when there is only this process to report."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from DEFAULT_REGISTRY.collect()
+
+
+def _event_families(events: Mapping[str, int]) -> Iterator[Metric]:
+    nudges = CounterMetricFamily("closer_nudge_outcomes", "Nudge outcomes recorded, by outcome, channel and kind.",
+                                 labels=["outcome", "channel", "kind"])
+    replies = CounterMetricFamily("closer_replies", "Partners' replies stored in a shared log, by channel.",
+                                  labels=["channel"])
+    for name, value in sorted(events.items()):
+        family, *labels = name.split("|")
+        if family == "nudges" and len(labels) == 3:
+            nudges.add_metric(labels, value)
+        elif family == "replies" and len(labels) == 1:
+            replies.add_metric(labels, value)
+    yield nudges
+    yield replies
+
+
+class LiveCollector(Collector):
+    """Shared state read at scrape time: the same answer from every web worker."""
+
+    def __init__(self, runtime: Runtime, session: Session) -> None:
+        self.runtime = runtime
+        self.session = session
+
+    def collect(self) -> Iterator[Metric]:
+        from rq import Worker
+
+        from service.domain.ops_queues import queue_stats
+        from service.domain.ops_status import control_state
+
+        now = datetime.now(UTC)
+        up = GaugeMetricFamily("closer_dependency_up", "1 when the dependency answered this scrape.",
+                               labels=["dependency"])
+        redis_ok = True
+        try:
+            redis = self.runtime.redis
+            events = {k.decode(): int(v) for k, v in redis.hgetall(EVENTS_KEY).items()}
+            depth = GaugeMetricFamily("closer_queue_depth", "Jobs waiting in each RQ queue.", labels=["queue"])
+            age = GaugeMetricFamily("closer_queue_oldest_job_age_seconds",
+                                    "Age of the oldest waiting job (0 when the queue is empty).", labels=["queue"])
+            failed = GaugeMetricFamily("closer_queue_failed_jobs", "Jobs in each queue's failed registry.",
+                                       labels=["queue"])
+            scheduled = GaugeMetricFamily("closer_queue_scheduled_jobs", "Jobs waiting for a retry time.",
+                                          labels=["queue"])
+            for stats in queue_stats(redis, now):
+                depth.add_metric([stats.name], stats.depth)
+                age.add_metric([stats.name], stats.oldest_age_seconds or 0.0)
+                failed.add_metric([stats.name], stats.failed)
+                scheduled.add_metric([stats.name], stats.scheduled)
+            workers = Worker.count(connection=redis)
+        except redis_lib.RedisError:
+            redis_ok = False
+        if redis_ok:
+            yield from _event_families(events)
+            yield from (depth, age, failed, scheduled)
+            yield GaugeMetricFamily("closer_workers", "Live RQ workers.", value=workers)
+        up.add_metric(["redis"], 1.0 if redis_ok else 0.0)
+        database_ok = True
+        try:
+            controls = control_state(self.session)
+            review = self.session.scalar(select(func.count()).where(Nudge.needs_review.is_(True))) or 0
+        except Exception:
+            database_ok = False
+            self.session.rollback()
+            log.warning("metrics: database unavailable at scrape")
+        if database_ok:
+            yield GaugeMetricFamily("closer_sending_paused", "1 while an operator has paused all sending.",
+                                    value=1.0 if controls.sending_paused else 0.0)
+            last_pass_age = controls.scheduler_age_seconds(now)
+            if last_pass_age is not None:
+                yield GaugeMetricFamily("closer_scheduler_last_pass_age_seconds",
+                                        "Seconds since the scheduler's last pass.", value=last_pass_age)
+            yield GaugeMetricFamily("closer_nudges_awaiting_review",
+                                    "Nudges whose outcome is unknown, waiting for an operator.", value=review)
+        up.add_metric(["database"], 1.0 if database_ok else 0.0)
+        yield up
+
+
+def build_registry(runtime: Runtime, session: Session) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry.register(_ThisProcess())
+    registry.register(LiveCollector(runtime, session))
+    return registry
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        registry = DEFAULT_REGISTRY
+    registry = build_registry(current_runtime(), db_session())
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
