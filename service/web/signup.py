@@ -275,7 +275,8 @@ def _form_page(form: SignupForm, status: int = 200) -> ResponseReturnValue:
     runtime = current_runtime()
     chosen = form.program.data if form.program.data in runtime.programs else default_program(runtime.programs)
     return _page("signup/form.html", status, form=form, programs=list(runtime.programs),
-                 chosen=runtime.programs.get(chosen), browser_default=not form.is_submitted())
+                 chosen=runtime.programs.get(chosen), browser_default=not form.is_submitted(),
+                 countries=_countries(runtime.settings.allowed_countries), sender=runtime.settings.sender_name)
 
 
 def blocked(reason: str) -> ResponseReturnValue:
