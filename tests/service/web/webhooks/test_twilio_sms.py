@@ -13,9 +13,11 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from twilio.request_validator import RequestValidator
 
+from jobs.inbound import drain_spool
+from service.db import make_engine
 from service.domain.signup import PartnerRequest, SignupRequest, sign_up
 from service.models import (
     Channel,
@@ -27,7 +29,8 @@ from service.models import (
     LogEntry,
     Partner,
 )
-from service.runtime import Runtime
+from service.runtime import Runtime, close_db_session, db_session
+from service.web.webhooks import spool
 from tests.factories import make_couple, next_phone
 
 PATH = "/webhooks/twilio/sms"
@@ -374,3 +377,34 @@ def test_partners_sharing_nothing_but_a_couple_are_matched_by_their_own_number(
     db.expire_all()
     partners = db.scalars(select(Partner).where(Partner.couple_id == couple.id).order_by(Partner.position)).all()
     assert [p.consent(Channel.SMS) for p in partners] == [ConsentState.OPTED_OUT, ConsentState.PENDING]
+
+
+def test_database_down_spools_the_text_and_the_scheduler_replays_it(
+    client: FlaskClient, db: Session, runtime: Runtime
+) -> None:
+    couple = make_couple(db)
+    db.commit()
+    alex, sam = couple.partners
+    assert alex.phone_e164
+    params = params_for(alex.phone_e164, "STOP")
+    bound = runtime.database.session_factory
+    close_db_session()
+    # A real driver failing to reach a real (absent) server: nothing listens on port 1.
+    down = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/closer?connect_timeout=2")
+    runtime.database.session_factory = sessionmaker(bind=down)
+    try:
+        response = post(client, runtime, params)
+    finally:
+        close_db_session()
+        runtime.database.session_factory = bound
+        down.dispose()
+    assert message_of(response) is None, "Twilio does not retry, so the text is accepted and kept"
+    assert spool.depth(runtime.redis) == 1
+    raw = runtime.redis.lindex(spool.SPOOL_KEY, 0)
+    assert raw is not None and alex.phone_e164.encode() not in raw  # encrypted in Redis too
+    assert drain_spool(runtime) == 1 and drain_spool(runtime) == 0
+    session = db_session()
+    assert session.get(Partner, alex.id).consent(Channel.SMS) is ConsentState.OPTED_OUT  # type: ignore[union-attr]
+    assert session.get(Partner, sam.id).consent(Channel.SMS) is ConsentState.CONFIRMED  # type: ignore[union-attr]
+    # The replay went through the same dedupe: Twilio's own retry of it now changes nothing.
+    assert message_of(post(client, runtime, params)) is None
