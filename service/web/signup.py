@@ -354,8 +354,9 @@ def confirm(token: str) -> ResponseReturnValue:
     if state is not ConsentState.PENDING:
         return _page("signup/link_invalid.html", 410, expired=True)
     form = ConfirmForm()
+    # Pending, or already running when this partner said yes by text first and now adds email.
     enrollment = next((e for e in reversed(partner.couple.enrollments)
-                       if e.status == EnrollmentStatus.PENDING), None)
+                       if e.status in (EnrollmentStatus.PENDING, EnrollmentStatus.ACTIVE)), None)
     program = runtime.programs.get(enrollment.program_key) if (
         enrollment and enrollment.program_key in runtime.programs) else None
     if request.method == "GET" or not form.validate_on_submit():

@@ -465,5 +465,18 @@ def test_a_couple_confirms_by_sms_yes_and_by_email_link(client: FlaskClient, db:
     client.post(link, data={"csrf_token": page_csrf(client.get(link).get_data(as_text=True))})
     db.expire_all()
     assert couple.enrollments[0].status == EnrollmentStatus.ACTIVE
+    # A partner who said yes by text and adds email later still sees which program it is.
+    later = signed_up(client, db, signer_phone=fresh_phone(), signer_email="alex.later@example.com",
+                      invited_email="sam.later@example.com")
+    for partner in later.partners:
+        link = confirm_link(db, runtime, partner)
+        client.post(link, data={"csrf_token": page_csrf(client.get(link).get_data(as_text=True))})
+    db.expire_all()
+    assert later.enrollments[0].status == EnrollmentStatus.ACTIVE
+    assert later.partners[0].consent(Channel.SMS) is ConsentState.PENDING
+    later.partners[0].email_consent = ConsentState.PENDING  # as if only the text had been confirmed
+    db.commit()
+    page = client.get(confirm_link(db, runtime, later.partners[0])).get_data(as_text=True)
+    assert "Say yes to A month of closeness?" in page
     assert couple.enrollments[0].started_at is not None
     assert couple.enrollments[0].started_at <= datetime.now(UTC)
