@@ -467,6 +467,8 @@ class EmailFooter:
     sender_name: str
     postal_address: str
     unsubscribe_url: str | None
+    # Why this person gets the email: they said yes, or (for an invitation) someone signed them up.
+    reason: str | None = None
 
 
 @functools.cache
@@ -482,6 +484,8 @@ def wrap_email(subject: str, text: str, inner_html: str, footer: EmailFooter) ->
     values = {
         "subject": subject, "program_title": footer.program_title, "sender_name": footer.sender_name,
         "postal_address": footer.postal_address, "unsubscribe_url": footer.unsubscribe_url,
+        "reason": footer.reason
+        or f"You're getting this because you said yes to {footer.program_title} from {footer.sender_name}.",
     }
     html_layout, text_layout = _email_layouts()
     return RenderedEmail(

@@ -313,7 +313,9 @@ def confirmation_email(
            f"<p>{escape(closing)}</p>"]
     )
     footer = EmailFooter(program.title, sender, settings.sender_postal_address,
-                         unsubscribe_url(settings, partner.id))
+                         unsubscribe_url(settings, partner.id),
+                         reason=f"You're getting this because someone asked {sender} to invite you to "
+                                f"{program.title}.")
     email = wrap_email(subject, text_body, inner_html, footer)
     return email.subject, email.text, email.html
 

@@ -360,3 +360,14 @@ def test_names_pairs_cover_every_hard_name_in_both_roles() -> None:
     assert set(HARD_NAMES) <= partners and set(HARD_NAMES) <= others
     assert any(len(name) >= 20 and not name.isascii() for name in HARD_NAMES)
     assert all(a != b for a, b in itertools.combinations(HARD_NAMES, 2))
+
+
+def test_footer_reason_defaults_to_consent_and_can_be_an_invitation() -> None:
+    from service.programs import EmailFooter, wrap_email
+
+    said_yes = wrap_email("S", "Body", "<p>Body</p>", EmailFooter("Noticing the good", "Closer", "1 Main St", "https://u"))
+    assert "you said yes to Noticing the good" in said_yes.text
+    invited = wrap_email("S", "Body", "<p>Body</p>", EmailFooter(
+        "Noticing the good", "Closer", "1 Main St", "https://u", reason="Someone asked Closer to invite you."))
+    assert "Someone asked Closer to invite you." in invited.text and "you said yes" not in invited.html
+    assert "1 Main St" in invited.text and "https://u" in invited.html
