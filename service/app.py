@@ -31,6 +31,11 @@ def create_app(settings: Settings | None = None, *, programs_dir: Path | None = 
 
 def register_settings(app: Flask, settings: Settings) -> None:
     configure_logging(settings.log_level)
+    if settings.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
     app.config.update(
         SECRET_KEY=settings.secret_key,
         TESTING=settings.is_testing,
@@ -78,6 +83,9 @@ def register_security(app: Flask, settings: Settings) -> None:
     CSRFProtect(app)
     app.config["RATELIMIT_STORAGE_URI"] = app.extensions["closer"].redis_url
     app.config["RATELIMIT_HEADERS_ENABLED"] = True
+    # With Redis down, limits cannot be counted; the daily confirmation cap in SQL still holds, so
+    # signups keep working rather than failing with a 500.
+    app.config["RATELIMIT_SWALLOW_ERRORS"] = True
     limiter.init_app(app)
 
     @app.after_request

@@ -66,6 +66,9 @@ class Settings:
     confirmation_texts_per_number_per_day: int = 3
     signup_rate_limit: str = "5 per minute;30 per hour"
     log_level: str = "INFO"
+    # How many reverse proxies (load balancers) stand in front of the web processes: their
+    # X-Forwarded-For entries are trusted, so rate limits see each client's own address.
+    trusted_proxies: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
