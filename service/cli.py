@@ -233,6 +233,32 @@ def programs_preview(key: str, as_json: bool) -> None:
         click.echo(row["email_text"])
 
 
+# --- keys -------------------------------------------------------------------------------------
+
+
+@main.group("keys")
+def keys_group() -> None:
+    """Encryption keys for the couples' words."""
+
+
+@keys_group.command("rotate", with_appcontext=False)
+def keys_rotate() -> None:
+    """Re-encrypt every stored value under the first DATA_ENCRYPTION_KEY, so older keys can be retired."""
+    from service.crypto import install_cipher
+    from service.db import Database
+    from service.domain.keys import rotate_all
+
+    settings = Settings.from_env()
+    cipher = install_cipher(settings.data_encryption_key)
+    database = Database(settings.database_url)
+    try:
+        with database.transaction() as session:
+            count = rotate_all(session, cipher)
+    finally:
+        database.dispose()
+    click.echo(f"re-encrypted {count} values under the newest key")
+
+
 # --- data rights ------------------------------------------------------------------------------
 
 

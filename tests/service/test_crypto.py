@@ -43,3 +43,24 @@ def test_rotating_the_app_key_keeps_rows_readable(db: Session, runtime: Runtime)
         assert db.get(type(couple.partners[0]), couple.partners[0].id).first_name == "Alex"  # type: ignore[union-attr]
     finally:
         install_cipher(original)
+
+
+def test_rotate_all_rewrites_rows_under_the_newest_key(db: Session, runtime: Runtime) -> None:
+    from service.domain.keys import rotate_all
+
+    couple = make_couple(db)
+    db.add(LogEntry(couple_id=couple.id, partner_id=couple.partners[0].id, channel="sms",
+                    provider_message_id="SMrotate", body="words to keep"))
+    db.flush()
+    original = runtime.settings.data_encryption_key
+    new_key = Fernet.generate_key().decode()
+    try:
+        cipher = install_cipher((new_key, *original))
+        assert rotate_all(db, cipher) >= 5  # two names, two log tokens, one answer at least
+        install_cipher((new_key,))  # the old key is gone: everything must still read
+        db.expire_all()
+        entry = db.scalar(select(LogEntry).where(LogEntry.provider_message_id == "SMrotate"))
+        assert entry is not None and entry.body == "words to keep"
+        assert db.get(type(couple.partners[0]), couple.partners[0].id).first_name == "Alex"  # type: ignore[union-attr]
+    finally:
+        install_cipher(original)
