@@ -239,7 +239,7 @@ class Nudge(Base):
         # The operator's numbers: each a time-window range scan (service/domain/ops_status.py).
         Index("ix_nudges_sent_at_channel_kind", "sent_at", "channel", "kind"),
         Index("ix_nudges_delivered_at_channel", "delivered_at", "channel"),
-        Index("ix_nudges_status_sending_at", "status", "sending_at"),
+        Index("ix_nudges_status_sending_at", "status", "sending_at", "channel", "error_code"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -287,7 +287,11 @@ class LogEntry(Base):
     """A partner's answer in the couple's shared log."""
 
     __tablename__ = "log_entries"
-    __table_args__ = (UniqueConstraint("provider_message_id"),)
+    __table_args__ = (
+        UniqueConstraint("provider_message_id"),
+        # The operator's replies per hour and per channel, index-only.
+        Index("ix_log_entries_received_at_channel", "received_at", "channel"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     couple_id: Mapped[int] = mapped_column(ForeignKey("couples.id", ondelete="CASCADE"), index=True)

@@ -110,13 +110,13 @@ def test_channel_rates(db: Session, couple: Couple) -> None:
         LogEntry(couple_id=couple.id, partner_id=couple.partners[0].id, nudge_id=prompt.id, channel="sms",
                  provider_message_id="SMa", body="one", received_at=at(1)),
         LogEntry(couple_id=couple.id, partner_id=couple.partners[0].id, nudge_id=None, channel="sms",
-                 provider_message_id="SMb", body="not an answer to a prompt", received_at=at(1)),
+                 provider_message_id="SMb", body="outside the reply window, still a reply", received_at=at(1)),
     ])
     db.flush()
     rates = {r.channel: r for r in channel_rates(db, NOW)}
     sms, email = rates["sms"], rates["email"]
-    assert (sms.sent, sms.delivered, sms.failed, sms.prompts_sent, sms.replies) == (4, 2, 1, 3, 1)
-    assert (sms.delivery_rate, sms.failure_rate, sms.reply_rate) == (0.5, 0.25, 0.3333)
+    assert (sms.sent, sms.delivered, sms.failed, sms.prompts_sent, sms.replies) == (4, 2, 1, 3, 2)
+    assert (sms.delivery_rate, sms.failure_rate, sms.reply_rate) == (0.5, 0.25, 0.6667)
     assert (email.sent, email.delivered, email.prompts_sent) == (1, 0, 1)
     assert email.delivery_rate == 0.0 and email.reply_rate == 0.0
     assert channel_rates(db, NOW + timedelta(days=3))[0].delivery_rate is None
@@ -277,6 +277,6 @@ def test_every_query_on_a_big_table_uses_an_index(db: Session) -> None:
                            for line in plan.splitlines()), (statement, plan)
     text = "\n".join(plan for _, plan in plans)
     for index in ("ix_nudges_sent_at_channel_kind", "ix_nudges_delivered_at_channel", "ix_nudges_status_sending_at",
-                  "ix_log_entries_received_at", "ix_consent_records_occurred_at", "ix_enrollments_status_program_key",
-                  "ix_partner_schedules_next_send_at", "ix_nudges_needs_review"):
+                  "ix_log_entries_received_at_channel", "ix_consent_records_occurred_at",
+                  "ix_enrollments_status_program_key", "ix_partner_schedules_next_send_at", "ix_nudges_needs_review"):
         assert index in text, index
