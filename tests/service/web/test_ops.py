@@ -512,3 +512,12 @@ def test_activity_chart_geometry() -> None:
     assert ys[8] == pytest.approx(baseline - chart.plot_height * 7 / 8, abs=0.1) and ys[0] == baseline
     assert len(sends_line.points.split()) == 24
     assert [label for _, label in chart.x_labels] == [f"{h:02d}:00" for h in range(0, 24, 3)]
+
+
+def test_a_malformed_operator_users_stops_the_app_at_start(settings: Any) -> None:
+    from service.app import create_app
+    from service.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="OPERATOR_USERS entry 2"):
+        create_app(settings.with_overrides(operator_users=(
+            f"alice:{generate_password_hash(PASSWORD, method='pbkdf2:sha256:1000')}", "bob:hunter2")))
