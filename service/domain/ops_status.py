@@ -17,6 +17,7 @@ bench/ops_status.py measures the whole report on a million couples.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -84,10 +85,35 @@ ERROR_MEANINGS: dict[str, str] = {
 }
 
 
+# SendGrid passes on the receiving mail server's status: enhanced (5.1.1) or basic (550) SMTP codes.
+SMTP_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})")
+SMTP_MEANINGS: dict[str, str] = {
+    "5.1.1": "Mail server: no such mailbox; the address does not exist.",
+    "5.2.2": "Mail server: the mailbox is full.",
+    "5.7.1": "Mail server: refused by policy (spam filtering or a blocklist).",
+    "421": "Mail server: unavailable for now; SendGrid retries.",
+    "450": "Mail server: mailbox unavailable for now; SendGrid retries.",
+    "550": "Mail server: mailbox unavailable or message refused.",
+    "552": "Mail server: mailbox full or message too large.",
+    "553": "Mail server: the address is not allowed.",
+    "554": "Mail server: the transaction failed (often spam filtering).",
+}
+
+
 def error_meaning(code: str | None) -> str:
     if not code:
         return ""
-    return ERROR_MEANINGS.get(code.strip().lower(), "See the provider's documentation for this code.")
+    key = code.strip().lower()
+    if key in ERROR_MEANINGS:
+        return ERROR_MEANINGS[key]
+    if key in SMTP_MEANINGS:
+        return SMTP_MEANINGS[key]
+    enhanced = SMTP_ENHANCED.fullmatch(key)
+    if enhanced is not None:
+        if enhanced.group(1) == "5":
+            return f"Mail server: the message was rejected permanently (SMTP status {key})."
+        return f"Mail server: a temporary failure (SMTP status {key}); SendGrid retries."
+    return "See the provider's documentation for this code."
 
 
 def floor_hour(moment: datetime) -> datetime:

@@ -280,3 +280,12 @@ def test_every_query_on_a_big_table_uses_an_index(db: Session) -> None:
                   "ix_log_entries_received_at_channel", "ix_consent_records_occurred_at",
                   "ix_enrollments_status_program_key", "ix_partner_schedules_next_send_at", "ix_nudges_needs_review"):
         assert index in text, index
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [("5.1.1", "no such mailbox"), ("5.4.7", "rejected permanently (SMTP status 5.4.7)"),
+     ("4.2.0", "temporary failure"), ("550", "mailbox unavailable"), ("21211", "not a valid phone number")],
+)
+def test_mail_server_codes_from_sendgrid_have_a_meaning(code: str, expected: str) -> None:
+    assert expected in error_meaning(code)
