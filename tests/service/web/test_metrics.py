@@ -210,3 +210,13 @@ def test_counts_are_summed_over_gunicorn_workers(gunicorn_web: tuple[str, Path])
         samples = parse(text)
         assert value(samples, "closer_webhook_requests_total", endpoint="unmatched", status="404") == sent
         assert value(samples, "closer_dependency_up", dependency="redis") == 1
+
+
+def test_gunicorn_conf_gives_the_workers_a_fresh_directory_when_none_is_set() -> None:
+    env = {k: v for k, v in os.environ.items() if k.upper() != "PROMETHEUS_MULTIPROC_DIR"}
+    script = "import os, service.gunicorn_conf; d = os.environ['PROMETHEUS_MULTIPROC_DIR']; print(d, os.listdir(d))"
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    directory = Path(out[0])
+    assert directory.is_dir() and "closer-prometheus-" in directory.name and out[1] == "[]"
+    directory.rmdir()
