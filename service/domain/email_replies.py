@@ -27,6 +27,9 @@ _REPLY_TOKEN = re.compile(r"^reply\+([0-9a-f]{24})@", re.IGNORECASE)
 _SIGNATURE = re.compile(r"(?ms)^(-- ?|__+|Sent from my [^\n]*|Get Outlook for [^\n]*)\s*$.*\Z")
 
 
+MAX_ATTACHMENTS = 100  # far above what one email carries; a bigger count is not a real message
+
+
 class InboundEmailError(ValueError):
     """A parse payload we refuse; the message says why without echoing the couple's words."""
 
@@ -83,6 +86,8 @@ def parse_inbound(form: dict[str, str], *, max_text_chars: int = 100_000) -> Inb
         attachments = int(form.get("attachments", "0") or 0)
     except ValueError as exc:
         raise InboundEmailError("attachments must be a number") from exc
+    if not 0 <= attachments <= MAX_ATTACHMENTS:
+        raise InboundEmailError(f"attachments must be between 0 and {MAX_ATTACHMENTS}")
     return InboundEmail(
         message_id=message_id[:255], sender=sender, recipients=tuple(dict.fromkeys(recipients)),
         subject=form.get("subject", "")[:500], text=text, attachment_count=max(0, attachments),

@@ -98,6 +98,8 @@ def test_malformed_and_oversized(client: FlaskClient, auth: dict[str, str]) -> N
     assert no_sender.status_code == 400 and "sender" in no_sender.get_json()["detail"]
     bad_envelope = client.post(URL, data={"from": "a@b.c", "to": "reply+x@y.z", "envelope": "{"}, headers=auth)
     assert bad_envelope.status_code == 400
+    attachments = client.post(URL, data={"from": "a@b.c", "to": "x@y.z", "attachments": "9" * 40}, headers=auth)
+    assert attachments.status_code == 400 and "attachments" in attachments.get_json()["detail"]
     huge = client.post(URL, data={"from": "a@b.c", "to": "x@y.z", "text": "x" * (6 * 1024 * 1024)}, headers=auth)
     assert huge.status_code == 413
 
