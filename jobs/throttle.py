@@ -1,44 +1,137 @@
-"""A token bucket in Redis, shared by every worker, so a provider's send rate is never exceeded."""
+"""A provider's send rate, shared by every worker through Redis, and never exceeded.
+
+Two steps per send, both atomic Lua scripts on Redis' clock:
+1. `throttle` (before the claim) reserves the next free slot on the channel's timeline (a generic cell
+   rate algorithm): slots are `1 / rate` seconds apart and the caller sleeps until its slot, so sends
+   are spread evenly instead of arriving in bursts. Redis is asked once per send, not polled.
+2. `admit` (after the claim, right before the HTTP call) is the guarantee: a sliding-window log that
+   lets a request start only if fewer than `rate` started in the last second (plus a small guard for
+   network jitter). A thread that woke late from its slot, under CPU pressure, waits here instead of
+   joining a bunch, so no one-second window at the provider ever holds more than the limit.
+A 429 with Retry-After pushes the timeline back (`hold`), so every worker backs off, not just the thread
+that was told.
+"""
 
 from __future__ import annotations
 
 import time
+import uuid
+
+from redis import Redis
+from redis.commands.core import Script
 
 from service.models import Channel
 from service.runtime import Runtime
 
-# Tokens refill continuously at `rate` per second up to `rate` (one second of burst, at least one).
-_TAKE = """
-local key = KEYS[1]
-local rate = tonumber(ARGV[1])
-local capacity = math.max(1, rate)
-local now_us = redis.call('TIME')
-local now = tonumber(now_us[1]) + tonumber(now_us[2]) / 1000000
-local state = redis.call('HMGET', key, 'tokens', 'ts')
-local tokens = tonumber(state[1]) or capacity
-local ts = tonumber(state[2]) or now
-tokens = math.min(capacity, tokens + (now - ts) * rate)
-local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-else
-  wait = (1 - tokens) / rate
-end
-redis.call('HSET', key, 'tokens', tokens, 'ts', now)
-redis.call('EXPIRE', key, 60)
-return tostring(wait)
+# KEYS[1]: the channel's next free slot, in microseconds on Redis' clock.
+# ARGV[1]: microseconds between slots. Returns how many microseconds the caller waits for its slot.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
+if slot < now then slot = now end
+local ttl = math.floor((slot + interval - now) / 1000) + 60000
+redis.call('SET', KEYS[1], string.format('%.0f', slot + interval), 'PX', ttl)
+return string.format('%.0f', slot - now)
 """
+
+# ARGV[1]: microseconds to hold the channel from now. Never moves the timeline earlier.
+_HOLD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local until_ = now + tonumber(ARGV[1])
+local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
+if slot < until_ then
+  redis.call('SET', KEYS[1], string.format('%.0f', until_), 'PX', math.floor(tonumber(ARGV[1]) / 1000) + 60000)
+end
+return 1
+"""
+
+
+_scripts: dict[str, Script] = {}
+
+
+def _script(connection: Redis, source: str) -> Script:
+    """Scripts run by SHA (EVALSHA); redis-py loads them again if Redis forgot them (a restart)."""
+    script = _scripts.get(source)
+    if script is None:
+        script = _scripts[source] = connection.register_script(source)
+    return script
+
+
+# KEYS[1]: the channel's log of request starts (a sorted set scored in microseconds).
+# ARGV[1]: how many may start per window, ARGV[2]: the window in microseconds, ARGV[3]: a unique member.
+# Returns 0 when admitted (and logged), else the microseconds until the oldest start leaves the window.
+_ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - window))
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], string.format('%.0f', now), ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.floor(window / 1000) + 1000)
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return string.format('%.0f', tonumber(oldest[2]) + window - now + 1)
+"""
+# Requests started this far apart can still reach the provider inside one second if the first one took
+# longer on the way; the log counts over one second plus this much.
+JITTER_GUARD_SECONDS = 0.02
+
+
+def rate_for(runtime: Runtime, channel: Channel) -> float:
+    settings = runtime.settings
+    return settings.sms_rate_per_second if channel is Channel.SMS else settings.email_rate_per_second
+
+
+def rate_key(channel: Channel) -> str:
+    return f"closer:rate:{channel.value}"
+
+
+def reserve(connection: Redis, channel: Channel, rate: float) -> float:
+    """Reserve the next slot on `channel`; returns the seconds to wait until it (0 if it is now)."""
+    interval_us = max(1, round(1_000_000 / rate))
+    waited = _script(connection, _RESERVE)(keys=[rate_key(channel)], args=[interval_us], client=connection)
+    return int(waited) / 1_000_000
 
 
 def throttle(runtime: Runtime, channel: Channel) -> None:
     """Block until this process may send one message on `channel`."""
-    rate = runtime.settings.sms_rate_per_second if channel is Channel.SMS else runtime.settings.email_rate_per_second
+    rate = rate_for(runtime, channel)
     if rate <= 0:
         return
-    script = runtime.redis.register_script(_TAKE)
-    key = f"closer:rate:{channel.value}"
+    wait = reserve(runtime.redis, channel, rate)
+    if wait > 0:
+        time.sleep(wait)
+
+
+def window_for(rate: float) -> tuple[int, int]:
+    """(requests allowed, window in microseconds): `rate` per second, or one per `1 / rate` seconds."""
+    span = max(1.0, 1.0 / rate)
+    return max(1, int(rate * span + 1e-9)), round((span + JITTER_GUARD_SECONDS) * 1_000_000)
+
+
+def admit(runtime: Runtime, channel: Channel) -> None:
+    """Block until a request on `channel` may start now without exceeding the rate in any window."""
+    rate = rate_for(runtime, channel)
+    if rate <= 0:
+        return
+    allowed, window_us = window_for(rate)
+    connection = runtime.redis
+    member = uuid.uuid4().hex
     while True:
-        wait = float(script(keys=[key], args=[rate]))
-        if wait <= 0:
+        wait_us = int(_script(connection, _ADMIT)(keys=[f"{rate_key(channel)}:log"],
+                                                  args=[allowed, window_us, member], client=connection))
+        if wait_us <= 0:
             return
-        time.sleep(min(wait, 1.0))
+        time.sleep(wait_us / 1_000_000)
+
+
+def hold(runtime: Runtime, channel: Channel, seconds: float) -> None:
+    """Keep every worker off `channel` for `seconds` (a provider said Retry-After)."""
+    if seconds <= 0 or rate_for(runtime, channel) <= 0:
+        return
+    connection = runtime.redis
+    _script(connection, _HOLD)(keys=[rate_key(channel)], args=[round(seconds * 1_000_000)], client=connection)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email.utils
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,6 +46,13 @@ class ProviderError(Exception):
         self.retry_after = retry_after
 
 
+class OutcomeUnknown(ProviderError):
+    """The request may have reached the provider: sending again could deliver the message twice."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="outcome_unknown", retryable=False)
+
+
 class SmsSender(Protocol):
     name: str
 
@@ -56,11 +65,23 @@ class EmailSender(Protocol):
     def send_email(self, message: OutboundEmail) -> SendResult: ...
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """Parse a Retry-After header given in seconds; HTTP dates are rare from these providers."""
+MAX_RETRY_AFTER = 3600.0
+
+
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """A Retry-After header in seconds or as an HTTP date (RFC 9110), capped at an hour; None if absent."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
         return None
+    return min(MAX_RETRY_AFTER, max(0.0, seconds))
