@@ -1,4 +1,15 @@
-"""The scheduler process: a pass every few seconds, one active scheduler at a time."""
+"""The scheduler process: a pass every few seconds, one active scheduler at a time.
+
+A pass, as of `now`:
+1. plans due schedules in batches of BATCH rows (each batch its own transaction), enqueueing each
+   batch's nudges right after its commit;
+2. releases `scheduled` nudges whose time has come (retries, invitations, reminders);
+3. recovers work Redis lost: RQ jobs abandoned by a dead worker are handed back to RQ (it retries
+   them), and a `queued` nudge whose job is gone from Redis is enqueued again; a nudge stuck in
+   `sending` goes to operator review, never back to the queue.
+On PostgreSQL a session-level advisory lock keeps a second scheduler's pass from running at the same
+time; on SQLite (development) there is only ever one.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +19,31 @@ import time
 from datetime import UTC, datetime
 from types import FrameType
 
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 from sqlalchemy import text
 
-from jobs.inbound import drain_spool
+from jobs.runtime import QUEUE_NAMES, QUEUE_SEND
 from jobs.send import enqueue_nudges
 from service.domain.planner import (
     PassReport,
+    mark_stale_sending_for_review,
     plan_due_steps,
     record_pass,
-    recover_in_flight,
     release_due_retries,
+    requeue,
     sending_paused,
+    stale_queued,
 )
-from service.domain.reveal import plan_reply_reminders
 from service.domain.signup import plan_confirmation_reminders
-from service.models import NudgeStatus
 from service.runtime import Runtime, current_runtime
 
 log = logging.getLogger(__name__)
 
 ADVISORY_LOCK_KEY = 0x636C6F736572  # "closer"
 BATCH = 1000
+# A job in these states will still run (or is running): its nudges are not lost.
+_LIVE_JOB_STATES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
 
 def run_pass(runtime: Runtime, now: datetime) -> dict[str, int | str]:
@@ -39,39 +54,86 @@ def run_pass(runtime: Runtime, now: datetime) -> dict[str, int | str]:
         if not lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}).scalar():
             lock_conn.close()
             return {"status": "another scheduler holds the lock"}
+        lock_conn.commit()
     try:
-        report = PassReport()
-        with database.transaction() as session:
-            paused = sending_paused(session)
-            record_pass(session, now)
-        if paused:
-            return {"status": "sending paused by an operator"}
-        while True:
-            with database.transaction() as session:
-                handled = plan_due_steps(session, runtime.programs, now, report, limit=BATCH)
-            enqueue_nudges(report.to_enqueue, runtime=runtime)
-            report.to_enqueue.clear()
-            if handled < BATCH:
-                break
-        with database.transaction() as session:
-            release_due_retries(session, now, report)
-            recover_in_flight(session, now, report)
-        enqueue_nudges(report.to_enqueue, runtime=runtime)
-        report.spooled_replies = drain_spool(runtime)
-        with database.transaction() as session:
-            reminders = plan_reply_reminders(session, settings=runtime.settings, programs=runtime.programs, now=now)
-            reminder_ids = [n.id for n in reminders if n.status == NudgeStatus.QUEUED]
-        enqueue_nudges(reminder_ids, runtime=runtime)
-        with database.transaction() as session:
-            confirmations = plan_confirmation_reminders(
-                session, settings=runtime.settings, programs=runtime.programs, now=now)
-        enqueue_nudges(confirmations.nudge_ids, runtime=runtime)
-        result: dict[str, int | str] = {"status": "ok", **report.as_dict()}
-        return result
+        return _run_pass_locked(runtime, now)
     finally:
         if lock_conn is not None:
             lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
+            lock_conn.commit()
             lock_conn.close()
+
+
+def _run_pass_locked(runtime: Runtime, now: datetime) -> dict[str, int | str]:
+    database = runtime.database
+    report = PassReport()
+    with database.transaction() as session:
+        paused = sending_paused(session)
+        record_pass(session, now)
+    if paused:
+        return {"status": "sending paused by an operator"}
+    enqueued = 0
+    while True:
+        with database.transaction() as session:
+            handled = plan_due_steps(session, runtime.programs, now, report, limit=BATCH)
+        enqueued += _enqueue(runtime, report)
+        if handled < BATCH:
+            break
+    while True:
+        with database.transaction() as session:
+            released = release_due_retries(session, now, report, limit=BATCH)
+        enqueued += _enqueue(runtime, report)
+        if len(released) < BATCH:
+            break
+    with database.transaction() as session:
+        report.to_enqueue.extend(plan_confirmation_reminders(
+            session, settings=runtime.settings, programs=runtime.programs, now=now).nudge_ids)
+    enqueued += _enqueue(runtime, report)
+    _hand_back_abandoned_jobs(runtime, now)
+    with database.transaction() as session:
+        candidates = stale_queued(session, now)
+        lost = _without_live_job(runtime, candidates)
+        requeue(session, lost, now, report)
+        mark_stale_sending_for_review(session, now, report)
+    enqueued += _enqueue(runtime, report)
+    return {"status": "ok", **report.as_dict(), "enqueued": enqueued}
+
+
+def _enqueue(runtime: Runtime, report: PassReport) -> int:
+    """Enqueue what the last commit made `queued`. If Redis is down the nudges stay queued in SQL and
+    a later pass enqueues them again, so this never fails the pass."""
+    ids, report.to_enqueue = report.to_enqueue, []
+    if not ids:
+        return 0
+    try:
+        enqueue_nudges(ids, queue_name=QUEUE_SEND, runtime=runtime)
+    except Exception:
+        log.exception("enqueue failed; the nudges stay queued for the next pass", extra={"nudges": len(ids)})
+        return 0
+    return len(ids)
+
+
+def _hand_back_abandoned_jobs(runtime: Runtime, now: datetime) -> None:
+    """Jobs whose worker died mid-run: RQ retries them (their claims keep sent nudges from going twice)."""
+    try:
+        for name in QUEUE_NAMES:
+            StartedJobRegistry(name, connection=runtime.redis).cleanup(timestamp=now.timestamp())
+    except Exception:
+        log.exception("could not check RQ's started jobs")
+
+
+def _without_live_job(runtime: Runtime, candidates: list[tuple[int, str | None]]) -> list[int]:
+    """The nudges among `candidates` whose send job no longer exists, or will never run again."""
+    if not candidates:
+        return []
+    job_ids = sorted({job_id for _, job_id in candidates if job_id})
+    try:
+        jobs = Job.fetch_many(job_ids, connection=runtime.redis) if job_ids else []
+        live = {job.id for job in jobs if job is not None and job.get_status(refresh=False) in _LIVE_JOB_STATES}
+    except Exception:
+        log.exception("could not check send jobs in Redis; leaving queued nudges for the next pass")
+        return []
+    return [nudge_id for nudge_id, job_id in candidates if job_id not in live]
 
 
 def run_pass_now(now: datetime) -> dict[str, int | str]:
@@ -94,7 +156,7 @@ def run_forever() -> None:
         started = time.monotonic()
         try:
             report = run_pass(runtime, datetime.now(UTC))
-            if report.get("created") or report.get("requeued") or report.get("to_review"):
+            if any(report.get(k) for k in ("created", "requeued", "to_review", "skipped", "completed")):
                 log.info("scheduler pass", extra={str(k): v for k, v in report.items()})
         except Exception:
             # The loop outlives a failed pass (a database restart, say); the next pass retries.

@@ -259,6 +259,9 @@ class Nudge(Base):
     provider_message_id: Mapped[str | None] = mapped_column(String(128), index=True)
     error_code: Mapped[str | None] = mapped_column(String(32))
     needs_review: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    # The RQ job last asked to send this nudge: the scheduler re-enqueues a `queued` nudge only when
+    # that job is gone from Redis, not every few minutes while a long queue drains.
+    send_job_id: Mapped[str | None] = mapped_column(String(64))
     subject: Mapped[str | None] = mapped_column(EncryptedText)
     body_text: Mapped[str | None] = mapped_column(EncryptedText)
     body_html: Mapped[str | None] = mapped_column(EncryptedText)

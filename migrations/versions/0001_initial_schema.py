@@ -156,6 +156,7 @@ def upgrade() -> None:
     sa.Column('provider_message_id', sa.String(length=128), nullable=True),
     sa.Column('error_code', sa.String(length=32), nullable=True),
     sa.Column('needs_review', sa.Boolean(), nullable=False),
+    sa.Column('send_job_id', sa.String(length=64), nullable=True),
     sa.Column('subject', sa.LargeBinary(), nullable=True),
     sa.Column('body_text', sa.LargeBinary(), nullable=True),
     sa.Column('body_html', sa.LargeBinary(), nullable=True),

@@ -1,33 +1,88 @@
-"""Turning a claimed nudge into a provider call, and recording what the provider said."""
+"""Turning a queued nudge into a provider call, and recording what the provider said.
+
+A send job works through these steps for each nudge; each database step is its own short transaction,
+owned by the job:
+
+1. `load_plans`: read everything the send needs, once per batch (only nudges still `queued`).
+2. `send_time_guard`: scheduled content a whole day late, or landing in quiet hours, is not sent.
+3. `compose`: render the text (prompts are rendered here, per partner, and stored encrypted).
+4. `claim`: one conditional UPDATE moves the nudge `queued -> sending`. It succeeds only while the kill
+   switch is off, the partner's consent on that channel still holds and (for scheduled content) they are
+   not paused. Only the transaction that wins it may call the provider, so a retried or re-run job never
+   sends twice. `explain_failed_claim` says why a claim lost, and cancels what must not be sent.
+5. the provider call, then `record_sent` or `record_failure`: 429/5xx/connection failures are retried
+   later with exponential backoff and jitter (never sooner than Retry-After); permanent errors end the
+   nudge as `failed` with the provider's code; an unknown outcome (no answer after the request went out)
+   goes to operator review and is never resent.
+"""
 
 from __future__ import annotations
 
 import enum
 import logging
 import random
-from collections.abc import Callable
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
 
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Table,
+    TextClause,
+    and_,
+    any_,
+    bindparam,
+    case,
+    cast,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
+from service.crypto import active_cipher
+from service.db import affected_rows
 from service.domain.consent import set_consent
+from service.domain.planner import OVERDUE_AFTER, SENDING_PAUSED_FLAG
+from service.domain.scheduling import (
+    UnknownTimeZone,
+    first_local_date_after,
+    is_quiet_now,
+    next_allowed_instant,
+    send_instant_at,
+)
 from service.domain.tokens import make_token
 from service.models import (
     Channel,
     ConsentState,
+    ControlFlag,
+    Enrollment,
     Nudge,
     NudgeKind,
     NudgeStatus,
     Partner,
 )
-from service.programs import EmailFooter, ProgramLibrary, render_email, render_sms
-from service.providers import OutboundEmail, OutboundSms, ProviderError, Providers
-from service.providers.twilio_sms import INVALID_NUMBER_CODES, OPTED_OUT_CODE, OutcomeUnknown
+from service.programs import EmailFooter, ProgramLibrary, render_email, render_sms, text_to_html, wrap_email
+from service.providers import OutboundEmail, OutboundSms, OutcomeUnknown, ProviderError, SendResult
+from service.providers.twilio_sms import INVALID_NUMBER_CODES, OPTED_OUT_CODE
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 6
+MAX_ATTEMPTS = 10
+BACKOFF_BASE_SECONDS = 5.0
+BACKOFF_CAP_SECONDS = 900.0
+# Scheduled content honours the partner's day: pause, quiet hours, lateness. Transactional messages
+# (confirmations, keyword answers) go whenever they are asked for.
+PAUSABLE_KINDS = frozenset({NudgeKind.PROMPT, NudgeKind.PROGRAM_COMPLETE, NudgeKind.REPLY_REMINDER})
+TIMED_KINDS = frozenset({NudgeKind.PROMPT, NudgeKind.PROGRAM_COMPLETE})
+_NO_SYNC = {"synchronize_session": False}
+# Executemany statements go to the table itself: the ORM's bulk UPDATE path costs more than the SQL.
+_NUDGES: Table = Nudge.__table__  # type: ignore[assignment]
+_PARTNERS: Table = Partner.__table__  # type: ignore[assignment]
+_FLAGS: Table = ControlFlag.__table__  # type: ignore[assignment]
 
 
 class SendOutcome(enum.StrEnum):
@@ -35,8 +90,11 @@ class SendOutcome(enum.StrEnum):
     FAILED = "failed"
     RETRY = "retry"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    RESCHEDULED = "rescheduled"
     REVIEW = "review"
-    GONE = "gone"
+    GONE = "gone"  # no longer queued: sent, cancelled or claimed by another job
+    PAUSED = "paused"  # the kill switch is on: left queued
 
 
 def other_partner(partner: Partner) -> Partner:
@@ -52,95 +110,443 @@ def reply_address(settings: Settings, partner: Partner) -> str:
     return f"reply+{partner.reply_token}@{settings.inbound_email_domain}"
 
 
-def render_prompt(nudge: Nudge, programs: ProgramLibrary, settings: Settings) -> None:
-    """Fill a prompt nudge's text from its program step, addressed to its partner."""
-    program = programs.get(nudge.enrollment.program_key)
-    step = program.step(nudge.step_day)
-    me, them = nudge.partner.first_name, other_partner(nudge.partner).first_name
-    if nudge.channel == Channel.SMS:
-        nudge.body_text = render_sms(step, me, them).body
+def status_callback_url(settings: Settings, nudge_id: int) -> str:
+    # The nudge id rides along (signed by Twilio with the rest of the URL), so a callback can settle a
+    # nudge whose worker died before it stored the MessageSid.
+    return f"{settings.public_base_url.rstrip('/')}/webhooks/twilio/status?nudge={nudge_id}"
+
+
+@dataclass(frozen=True)
+class SendPlan:
+    """One nudge as read at the start of its batch: what to send, to whom, under which rules."""
+
+    nudge_id: int
+    kind: NudgeKind
+    channel: Channel
+    partner_id: int
+    address: str | None
+    scheduled_for: datetime
+    attempts: int
+    timezone: str
+    preferred_time: time
+    quiet_start: time
+    quiet_end: time
+    name: str
+    other_name: str
+    reply_to: str
+    program_key: str
+    step_day: int
+    subject: str | None = None
+    body_text: str | None = None
+    body_html: str | None = None
+
+
+@dataclass(frozen=True)
+class Composed:
+    message: OutboundSms | OutboundEmail
+    store: dict[str, str | None] = field(default_factory=dict)  # rendered now: stored with the claim
+
+
+def id_in(
+    session: Session, column: ColumnElement[int] | InstrumentedAttribute[int], ids: list[int]
+) -> ColumnElement[bool]:
+    """`column IN ids`; on PostgreSQL as `= ANY(array)`, one parameter however long the list."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        return column == any_(cast(bindparam(None, ids, type_=ARRAY(Integer)), ARRAY(Integer)))
+    return column.in_(ids)
+
+
+def load_plans(session: Session, nudge_ids: list[int], settings: Settings) -> list[SendPlan]:
+    """The batch's nudges still `queued`, with what each send needs, in one query."""
+    if not nudge_ids:
+        return []
+    me, other = aliased(Partner), aliased(Partner)
+    rows = session.execute(
+        select(Nudge.id, Nudge.kind, Nudge.channel, Nudge.partner_id, Nudge.scheduled_for, Nudge.attempts,
+               Nudge.step_day, Nudge.subject, Nudge.body_text, Nudge.body_html, Enrollment.program_key,
+               me.phone_e164, me.email, me.timezone, me.preferred_time, me.quiet_start, me.quiet_end,
+               me.first_name, me.reply_token, other.first_name)
+        .join(me, me.id == Nudge.partner_id)
+        .join(Enrollment, Enrollment.id == Nudge.enrollment_id)
+        .outerjoin(other, and_(other.couple_id == me.couple_id, other.id != me.id))
+        .where(id_in(session, Nudge.id, nudge_ids), Nudge.status == NudgeStatus.QUEUED)
+        .order_by(Nudge.id)
+    ).all()
+    plans, seen = [], set()
+    for (nudge_id, kind, channel, partner_id, scheduled_for, attempts, step_day, subject, body_text, body_html,
+         program_key, phone, email, timezone, preferred, quiet_start, quiet_end, name, reply_token,
+         other_name) in rows:
+        if nudge_id in seen:
+            continue
+        seen.add(nudge_id)
+        channel = Channel(channel)
+        plans.append(SendPlan(
+            nudge_id=nudge_id, kind=NudgeKind(kind), channel=channel, partner_id=partner_id,
+            address=phone if channel is Channel.SMS else email, scheduled_for=scheduled_for, attempts=attempts,
+            timezone=timezone, preferred_time=preferred, quiet_start=quiet_start, quiet_end=quiet_end,
+            name=name, other_name=other_name or name,
+            reply_to=f"reply+{reply_token}@{settings.inbound_email_domain}",
+            program_key=program_key, step_day=step_day, subject=subject, body_text=body_text, body_html=body_html,
+        ))
+    return plans
+
+
+_PG_REMEMBER_JOBS = text(
+    "UPDATE nudges AS n SET send_job_id = v.job_id "
+    "FROM unnest(CAST(:ids AS integer[]), CAST(:jobs AS varchar[])) AS v(id, job_id) "
+    "WHERE n.id = v.id AND n.status = 'queued'"
+)
+
+
+def remember_jobs(session: Session, assignments: list[tuple[int, str]]) -> None:
+    """Note which send job each queued nudge was given to (the scheduler checks those jobs still exist)."""
+    if not assignments:
         return
-    footer = EmailFooter(program.title, settings.sender_name, settings.sender_postal_address,
-                         unsubscribe_url(settings, nudge.partner_id))
-    email = render_email(step, me, them, footer)
-    nudge.subject, nudge.body_text, nudge.body_html = email.subject, email.text, email.html
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.execute(_PG_REMEMBER_JOBS, {"ids": [i for i, _ in assignments],
+                                               "jobs": [j for _, j in assignments]})
+        return
+    connection.execute(
+        update(_NUDGES).where(_NUDGES.c.id == bindparam("b_id"), _NUDGES.c.status == NudgeStatus.QUEUED.value)
+        .values(send_job_id=bindparam("b_job")),
+        [{"b_id": i, "b_job": j} for i, j in assignments],
+    )
+
+
+@dataclass(frozen=True)
+class GuardDecision:
+    outcome: SendOutcome
+    reason: str
+    retry_at: datetime | None = None
+
+
+def send_time_guard(plan: SendPlan, now: datetime) -> GuardDecision | None:
+    """Scheduled content that can no longer go out as planned; None when it may go now."""
+    if plan.kind not in TIMED_KINDS:
+        return None
+    if now - plan.scheduled_for >= OVERDUE_AFTER:
+        return GuardDecision(SendOutcome.SKIPPED, "a whole day overdue at send time")
+    try:
+        quiet = is_quiet_now(plan.timezone, plan.quiet_start, plan.quiet_end, now)
+    except UnknownTimeZone:
+        return GuardDecision(SendOutcome.SKIPPED, "unknown time zone")
+    if not quiet:
+        return None
+    if plan.kind is NudgeKind.PROGRAM_COMPLETE:
+        return GuardDecision(SendOutcome.RESCHEDULED, "waiting for the end of quiet hours",
+                             next_allowed_instant(plan.timezone, plan.quiet_start, plan.quiet_end, now))
+    return GuardDecision(SendOutcome.SKIPPED, "would have landed in quiet hours")
+
+
+def apply_guard(session: Session, plan: SendPlan, decision: GuardDecision) -> SendOutcome:
+    values: dict[str, object] = {"status_reason": decision.reason}
+    if decision.outcome is SendOutcome.RESCHEDULED:
+        values.update(status=NudgeStatus.SCHEDULED, scheduled_for=decision.retry_at)
+    else:
+        values.update(status=NudgeStatus.SKIPPED)
+    result = session.execute(
+        update(Nudge).where(Nudge.id == plan.nudge_id, Nudge.status == NudgeStatus.QUEUED).values(**values),
+        execution_options=_NO_SYNC,
+    )
+    return decision.outcome if affected_rows(result) else SendOutcome.GONE
+
+
+def compose(plan: SendPlan, programs: ProgramLibrary, settings: Settings) -> Composed:
+    """The provider message for a plan; prompts and invitations are rendered here, once."""
+    store: dict[str, str | None] = {}
+    subject, text, html = plan.subject, plan.body_text, plan.body_html
+    if text is None and plan.kind in TIMED_KINDS:
+        if plan.kind is NudgeKind.PROMPT:
+            subject, text, html = _render_prompt(plan, programs, settings)
+        else:
+            subject, text, html = _render_invitation(plan, programs, settings)
+        store = {"subject": subject, "body_text": text, "body_html": html}
+    if text is None:
+        raise ValueError(f"nudge {plan.nudge_id} has no text to send")
+    if plan.channel is Channel.SMS:
+        return Composed(OutboundSms(to=plan.address or "", body=text,
+                                    status_callback=status_callback_url(settings, plan.nudge_id),
+                                    nudge_id=plan.nudge_id), store)
+    unsubscribe = unsubscribe_url(settings, plan.partner_id)
+    return Composed(OutboundEmail(
+        to=plan.address or "", subject=subject or settings.sender_name, text=text, html=html or text_to_html(text),
+        reply_to=plan.reply_to,
+        headers={"List-Unsubscribe": f"<{unsubscribe}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
+        custom_args={"nudge_id": str(plan.nudge_id)}, nudge_id=plan.nudge_id,
+    ), store)
+
+
+def _footer(plan: SendPlan, title: str, settings: Settings) -> EmailFooter:
+    return EmailFooter(title, settings.sender_name, settings.sender_postal_address,
+                       unsubscribe_url(settings, plan.partner_id))
+
+
+def _render_prompt(plan: SendPlan, programs: ProgramLibrary, settings: Settings) -> tuple[str | None, str, str | None]:
+    program = programs.get(plan.program_key)
+    step = program.step(plan.step_day)
+    if plan.channel is Channel.SMS:
+        return None, render_sms(step, plan.name, plan.other_name).body, None
+    email = render_email(step, plan.name, plan.other_name, _footer(plan, program.title, settings))
+    return email.subject, email.text, email.html
+
+
+def _render_invitation(
+    plan: SendPlan, programs: ProgramLibrary, settings: Settings
+) -> tuple[str | None, str, str | None]:
+    program = programs.get(plan.program_key)
+    next_url = f"{settings.public_base_url.rstrip('/')}/programs"
+    if plan.channel is Channel.SMS:
+        return None, (f"{plan.name}, that was the last step of {program.title}. Thank you both. "
+                      f"If you'd like a next program: {next_url}"), None
+    subject = f"You finished {program.title}"
+    text = (
+        f"{plan.name}, that was the last step of {program.title}.\n\n"
+        f"Thank you, both of you, for making room for each other these past {program.days} days. "
+        f"Before you move on, you might ask {plan.other_name} one question: what do we want to keep doing?\n\n"
+        f"If you'd like another program, you can choose one here: {next_url}\n\n"
+        "Your shared log stays where it is, whenever you want to read it together."
+    )
+    email = wrap_email(subject, text, text_to_html(text), _footer(plan, program.title, settings))
+    return email.subject, email.text, email.html
+
+
+CONFIRMATION_KINDS = frozenset({NudgeKind.CONFIRMATION, NudgeKind.CONFIRMATION_REMINDER})
+
+
+def _allowed_consent(kind: NudgeKind) -> ConsentState:
+    """Asking for a yes goes to a partner who has not given it yet; everything else needs the yes."""
+    return ConsentState.PENDING if kind in CONFIRMATION_KINDS else ConsentState.CONFIRMED
+
+
+@dataclass(frozen=True)
+class Claim:
+    nudge_id: int
+    store: dict[str, str | None] = field(default_factory=dict)
+
+
+def _partner_may_receive(now: datetime) -> ColumnElement[bool]:
+    """Per nudge row, in SQL: the partner's consent on the nudge's channel still allows this kind of
+    message, and (for scheduled content) they are not paused."""
+    nudges, partners = _NUDGES.c, _PARTNERS.c
+    consent = case((nudges.channel == Channel.SMS.value, partners.sms_consent), else_=partners.email_consent)
+    allowed = case((nudges.kind.in_([k.value for k in CONFIRMATION_KINDS]), ConsentState.PENDING.value),
+                   else_=ConsentState.CONFIRMED.value)
+    not_paused = or_(nudges.kind.not_in([k.value for k in PAUSABLE_KINDS]), partners.paused_until.is_(None),
+                     partners.paused_until <= now)
+    return select(partners.id).where(partners.id == nudges.partner_id, consent == allowed, not_paused).exists()
+
+
+def _pg_claim_sql() -> TextClause:
+    pausable = ", ".join(f"'{k.value}'" for k in sorted(PAUSABLE_KINDS))
+    asking = ", ".join(f"'{k.value}'" for k in sorted(CONFIRMATION_KINDS))
+    # Only our own enum constants are formatted into this SQL.
+    return text(
+        "UPDATE nudges AS n SET status = 'sending', sending_at = :now, attempts = n.attempts + 1, "  # noqa: S608
+        "subject = COALESCE(v.subject, n.subject), body_text = COALESCE(v.body_text, n.body_text), "
+        "body_html = COALESCE(v.body_html, n.body_html) "
+        "FROM unnest(CAST(:ids AS integer[]), CAST(:subjects AS bytea[]), CAST(:texts AS bytea[]), "
+        "CAST(:htmls AS bytea[])) AS v(id, subject, body_text, body_html), partners AS p "
+        "WHERE n.id = v.id AND p.id = n.partner_id AND n.status = 'queued' "
+        "AND (CASE WHEN n.channel = 'sms' THEN p.sms_consent ELSE p.email_consent END) = "
+        f"(CASE WHEN n.kind IN ({asking}) THEN 'pending' ELSE 'confirmed' END) "
+        f"AND (n.kind NOT IN ({pausable}) OR p.paused_until IS NULL OR p.paused_until <= :now) "
+        f"AND NOT EXISTS (SELECT 1 FROM control_flags AS f WHERE f.key = '{SENDING_PAUSED_FLAG}' AND f.value = '1') "
+        "RETURNING n.id"
+    )
+
+
+# On PostgreSQL a whole round of claims (or of records) is one statement over arrays: one round trip,
+# and a query text that does not grow with the round.
+_PG_CLAIM = _pg_claim_sql()
+_PG_RECORD_SENT = text(
+    "UPDATE nudges AS n SET "
+    "status = CASE WHEN n.status = 'sending' THEN 'sent' ELSE n.status END, "
+    "sent_at = CASE WHEN n.status = 'sending' THEN :now ELSE COALESCE(n.sent_at, :now) END, "
+    "provider_message_id = CASE WHEN n.status = 'sending' THEN v.pid "
+    "ELSE COALESCE(n.provider_message_id, v.pid) END, "
+    "error_code = CASE WHEN n.status = 'sending' THEN NULL ELSE n.error_code END, "
+    "status_reason = CASE WHEN n.status = 'sending' THEN NULL ELSE n.status_reason END, "
+    "needs_review = CASE WHEN n.status = 'sending' THEN false ELSE n.needs_review END "
+    "FROM unnest(CAST(:ids AS integer[]), CAST(:pids AS varchar[])) AS v(id, pid) WHERE n.id = v.id"
+)
+
+
+def _encrypted(value: str | None) -> bytes | None:
+    return None if value is None else active_cipher().encrypt(value)
+
+
+def claim_many(session: Session, claims: list[Claim], now: datetime) -> set[int]:
+    """`queued -> sending` for each nudge that may be sent now; returns the ids this transaction won."""
+    return claim_rows(session.connection(), claims, now)
+
+
+def claim_rows(connection: Connection, claims: list[Claim], now: datetime) -> set[int]:
+    """`claim_many` on a connection (the worker's ledger writes through its own autocommit connection).
+
+    A claim succeeds only while the kill switch is off and the partner's consent (and, for scheduled
+    content, their not being paused) still holds, all checked by the one UPDATE that takes the nudge.
+    Texts rendered for the send are stored first, so a nudge's record holds what was sent.
+    """
+    if not claims:
+        return set()
+    if connection.dialect.name == "postgresql":
+        return set(connection.execute(_PG_CLAIM, {
+            "now": now, "ids": [c.nudge_id for c in claims],
+            "subjects": [_encrypted(c.store.get("subject")) for c in claims],
+            "texts": [_encrypted(c.store.get("body_text")) for c in claims],
+            "htmls": [_encrypted(c.store.get("body_html")) for c in claims],
+        }).scalars())
+    nudges = _NUDGES.c
+    with_text = [c for c in claims if c.store]
+    if with_text:
+        connection.execute(
+            update(_NUDGES).where(nudges.id == bindparam("b_id"), nudges.status == NudgeStatus.QUEUED.value)
+            .values(subject=bindparam("b_subject"), body_text=bindparam("b_text"), body_html=bindparam("b_html")),
+            [{"b_id": c.nudge_id, "b_subject": c.store.get("subject"), "b_text": c.store.get("body_text"),
+              "b_html": c.store.get("body_html")} for c in with_text],
+        )
+    flags = _FLAGS.c
+    kill_switch = select(flags.key).where(flags.key == SENDING_PAUSED_FLAG, flags.value == "1").exists()
+    won = connection.execute(
+        update(_NUDGES)
+        .where(nudges.id.in_([c.nudge_id for c in claims]), nudges.status == NudgeStatus.QUEUED.value,
+               _partner_may_receive(now), ~kill_switch)
+        .values(status=NudgeStatus.SENDING.value, sending_at=now, attempts=nudges.attempts + 1)
+        .returning(nudges.id)
+    ).scalars().all()
+    return set(won)
+
+
+def claim(session: Session, plan: SendPlan, now: datetime, store: dict[str, str | None]) -> bool:
+    """`queued -> sending` for one nudge; True when this transaction won it."""
+    return plan.nudge_id in claim_many(session, [Claim(plan.nudge_id, store)], now)
+
+
+def explain_failed_claim(session: Session, plan: SendPlan, now: datetime) -> SendOutcome:
+    """Why a claim lost; a nudge whose partner withdrew consent or paused is settled here."""
+    status = session.scalar(select(Nudge.status).where(Nudge.id == plan.nudge_id))
+    if status != NudgeStatus.QUEUED:
+        return SendOutcome.GONE
+    flag = session.get(ControlFlag, SENDING_PAUSED_FLAG)
+    if flag is not None and flag.value == "1":
+        return SendOutcome.PAUSED
+    partner = session.get(Partner, plan.partner_id)
+    values: dict[str, object]
+    if partner is None:
+        outcome, values = SendOutcome.CANCELLED, {"status": NudgeStatus.CANCELLED, "status_reason": "partner gone"}
+    elif partner.consent(plan.channel) is not _allowed_consent(plan.kind):
+        outcome = SendOutcome.CANCELLED
+        values = {"status": NudgeStatus.CANCELLED,
+                  "status_reason": f"{plan.channel} consent is {partner.consent(plan.channel)}"}
+    elif plan.kind is NudgeKind.PROGRAM_COMPLETE and partner.paused_until is not None:
+        day = first_local_date_after(partner, partner.paused_until)
+        outcome = SendOutcome.RESCHEDULED
+        values = {"status": NudgeStatus.SCHEDULED, "status_reason": "waiting for the partner's pause to end",
+                  "scheduled_for": send_instant_at(day, plan.preferred_time, plan.quiet_start, plan.quiet_end,
+                                                   plan.timezone)}
+    else:
+        outcome, values = SendOutcome.SKIPPED, {"status": NudgeStatus.SKIPPED, "status_reason": "partner paused"}
+    result = session.execute(
+        update(Nudge).where(Nudge.id == plan.nudge_id, Nudge.status == NudgeStatus.QUEUED).values(**values),
+        execution_options=_NO_SYNC,
+    )
+    return outcome if affected_rows(result) else SendOutcome.GONE
+
+
+def release_claim(session: Session, nudge_id: int) -> None:
+    """Undo a claim whose provider call never started: `sending -> queued`."""
+    session.execute(
+        update(Nudge).where(Nudge.id == nudge_id, Nudge.status == NudgeStatus.SENDING)
+        .values(status=NudgeStatus.QUEUED, attempts=Nudge.attempts - 1, sending_at=None),
+        execution_options=_NO_SYNC,
+    )
+
+
+def fail_unsendable(session: Session, plan: SendPlan, reason: str) -> SendOutcome:
+    """A nudge that cannot be rendered (its program or step is gone) ends here, before any claim."""
+    result = session.execute(
+        update(Nudge).where(Nudge.id == plan.nudge_id, Nudge.status == NudgeStatus.QUEUED)
+        .values(status=NudgeStatus.FAILED, error_code="unrenderable", status_reason=reason[:255]),
+        execution_options=_NO_SYNC,
+    )
+    return SendOutcome.FAILED if affected_rows(result) else SendOutcome.GONE
+
+
+def record_sent_many(session: Session, sent: list[tuple[int, str]], now: datetime) -> None:
+    """Record provider acceptances: (nudge id, the provider's message id)."""
+    record_sent_rows(session.connection(), sent, now)
+
+
+def record_sent_rows(connection: Connection, sent: list[tuple[int, str]], now: datetime) -> None:
+    if not sent:
+        return
+    table = _NUDGES
+    if connection.dialect.name == "postgresql":
+        connection.execute(_PG_RECORD_SENT, {"now": now, "ids": [i for i, _ in sent], "pids": [p for _, p in sent]})
+        return
+    rows = [{"b_id": nudge_id, "b_pid": message_id, "b_at": now} for nudge_id, message_id in sent]
+    connection.execute(
+        update(table).where(table.c.id == bindparam("b_id"), table.c.status == NudgeStatus.SENDING.value)
+        .values(status=NudgeStatus.SENT.value, sent_at=bindparam("b_at"), provider_message_id=bindparam("b_pid"),
+                error_code=None, status_reason=None, needs_review=False),
+        rows,
+    )
+    # A status callback that got here first moved the nudge on already: keep its status, add the id.
+    connection.execute(
+        update(table).where(table.c.id == bindparam("b_id"), table.c.provider_message_id.is_(None))
+        .values(provider_message_id=bindparam("b_pid"), sent_at=bindparam("b_at")),
+        rows,
+    )
+
+
+def record_sent(session: Session, nudge_id: int, result: SendResult, now: datetime) -> None:
+    record_sent_many(session, [(nudge_id, result.provider_message_id)], now)
 
 
 def backoff(attempts: int, retry_after: float | None) -> timedelta:
-    """Exponential backoff with full jitter, never sooner than the provider's Retry-After."""
-    ceiling = min(600.0, 5.0 * (2 ** max(0, attempts - 1)))
+    """Exponential backoff with jitter, never sooner than the provider's Retry-After."""
+    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * (2 ** max(0, attempts - 1)))
     delay = random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
     return timedelta(seconds=max(delay, retry_after or 0.0))
 
 
-def deliver(
-    session: Session,
-    nudge: Nudge,
-    *,
-    providers: Providers,
-    settings: Settings,
-    programs: ProgramLibrary,
-    throttle: Callable[[Channel], None],
-    now: datetime,
-) -> SendOutcome:
-    if nudge.status != NudgeStatus.SENDING:
-        return SendOutcome.GONE
-    partner = nudge.partner
-    channel = Channel(nudge.channel)
-    # Consent is checked again at the last moment: a STOP that landed after queueing still wins.
-    asks_to_confirm = nudge.kind in (NudgeKind.CONFIRMATION, NudgeKind.CONFIRMATION_REMINDER)
-    allowed = ConsentState.PENDING if asks_to_confirm else ConsentState.CONFIRMED
-    if partner.consent(channel) is not allowed:
-        nudge.status, nudge.status_reason = NudgeStatus.CANCELLED, f"{channel} consent is {partner.consent(channel)}"
-        return SendOutcome.CANCELLED
-    if nudge.body_text is None and nudge.kind == NudgeKind.PROMPT:
-        render_prompt(nudge, programs, settings)
-    throttle(channel)
-    try:
-        if channel is Channel.SMS:
-            assert partner.phone_e164 and nudge.body_text is not None
-            status_callback = f"{settings.public_base_url.rstrip('/')}/webhooks/twilio/status"
-            result = providers.sms.send_sms(
-                OutboundSms(to=partner.phone_e164, body=nudge.body_text, status_callback=status_callback,
-                            nudge_id=nudge.id)
-            )
-        else:
-            assert partner.email and nudge.body_text is not None
-            unsubscribe = unsubscribe_url(settings, partner.id)
-            result = providers.email.send_email(
-                OutboundEmail(
-                    to=partner.email, subject=nudge.subject or settings.sender_name, text=nudge.body_text,
-                    html=nudge.body_html or nudge.body_text, reply_to=reply_address(settings, partner),
-                    headers={"List-Unsubscribe": f"<{unsubscribe}>",
-                             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
-                    custom_args={"nudge_id": str(nudge.id)}, nudge_id=nudge.id,
-                )
-            )
-    except OutcomeUnknown as exc:
-        nudge.needs_review, nudge.error_code = True, exc.code
-        nudge.status_reason = "the provider did not answer; it may have sent this: review before resending"
-        log.warning("send outcome unknown", extra={"nudge_id": nudge.id, "channel": channel.value})
+def record_failure(session: Session, plan: SendPlan, exc: Exception, now: datetime) -> SendOutcome:
+    """What a failed provider call means for the nudge (it is `sending`, and this job holds it)."""
+    attempts = plan.attempts + 1
+    sending = (Nudge.id == plan.nudge_id, Nudge.status == NudgeStatus.SENDING)
+    if not isinstance(exc, ProviderError) or isinstance(exc, OutcomeUnknown):
+        code = exc.code if isinstance(exc, ProviderError) else "error"
+        session.execute(
+            update(Nudge).where(*sending).values(
+                needs_review=True, error_code=code,
+                status_reason="the provider may have sent this: review before resending"),
+            execution_options=_NO_SYNC,
+        )
+        log.warning("send outcome unknown", extra={"nudge_id": plan.nudge_id, "channel": plan.channel.value,
+                                                   "error": type(exc).__name__})
         return SendOutcome.REVIEW
-    except ProviderError as exc:
-        return _provider_error(session, nudge, partner, channel, exc, now)
-    nudge.status, nudge.sent_at = NudgeStatus.SENT, now
-    nudge.provider_message_id, nudge.error_code = result.provider_message_id, None
-    return SendOutcome.SENT
-
-
-def _provider_error(
-    session: Session, nudge: Nudge, partner: Partner, channel: Channel, exc: ProviderError, now: datetime
-) -> SendOutcome:
-    nudge.error_code = exc.code
-    if exc.retryable and nudge.attempts < MAX_ATTEMPTS:
-        nudge.status = NudgeStatus.SCHEDULED
-        nudge.scheduled_for = now + backoff(nudge.attempts, exc.retry_after)
-        nudge.status_reason = f"retrying after provider error {exc.code}"
+    if exc.retryable and attempts < MAX_ATTEMPTS:
+        session.execute(
+            update(Nudge).where(*sending).values(
+                status=NudgeStatus.SCHEDULED, scheduled_for=now + backoff(attempts, exc.retry_after),
+                error_code=exc.code, status_reason=f"retrying after provider error {exc.code}"),
+            execution_options=_NO_SYNC,
+        )
         return SendOutcome.RETRY
-    nudge.status, nudge.status_reason = NudgeStatus.FAILED, f"provider error {exc.code}"
-    if channel is Channel.SMS and exc.code == OPTED_OUT_CODE:
-        set_consent(session, partner, Channel.SMS, ConsentState.OPTED_OUT, action="withdrawn",
-                    source="provider", source_detail=f"twilio {OPTED_OUT_CODE}", now=now)
-    elif channel is Channel.SMS and exc.code in INVALID_NUMBER_CODES:
-        nudge.status_reason = f"invalid or non-mobile number ({exc.code})"
+    reason = f"provider error {exc.code}" + (" after retries" if exc.retryable else "")
+    if plan.channel is Channel.SMS and exc.code in INVALID_NUMBER_CODES:
+        reason = f"invalid or non-mobile number ({exc.code})"
+    session.execute(
+        update(Nudge).where(*sending).values(status=NudgeStatus.FAILED, error_code=exc.code, status_reason=reason),
+        execution_options=_NO_SYNC,
+    )
+    if plan.channel is Channel.SMS and exc.code == OPTED_OUT_CODE:
+        partner = session.get(Partner, plan.partner_id)
+        if partner is not None and partner.sms_consent != ConsentState.OPTED_OUT:
+            set_consent(session, partner, Channel.SMS, ConsentState.OPTED_OUT, action="withdrawn",
+                        source="provider", source_detail=f"twilio {OPTED_OUT_CODE}", now=now)
+    log.info("send failed", extra={"nudge_id": plan.nudge_id, "channel": plan.channel.value, "code": exc.code})
     return SendOutcome.FAILED
