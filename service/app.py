@@ -106,9 +106,15 @@ def register_security(app: Flask, settings: Settings) -> None:
 def register_blueprints(app: Flask, settings: Settings) -> None:
     from service.web import dev, errors, health, ops, pages, signup
     from service.web import log as shared_log
+    from service.web.unsubscribe import bp as unsubscribe_bp
+    from service.web.unsubscribe import unsubscribe_post
     from service.web.webhooks import bp as webhooks_bp
-    from service.web.webhooks import sendgrid_inbound  # noqa: F401 - attaches its route to the blueprint
-    from service.web.webhooks import twilio_sms  # noqa: F401 - attaches its route to the blueprint
+    from service.web.webhooks import (
+        sendgrid_events,  # noqa: F401 - attaches its route to the blueprint
+        sendgrid_inbound,  # noqa: F401 - attaches its route to the blueprint
+        twilio_sms,  # noqa: F401 - attaches its route to the blueprint
+        twilio_status,  # noqa: F401 - attaches its route to the blueprint
+    )
 
     errors.register(app)
     app.register_blueprint(health.bp)
@@ -116,6 +122,9 @@ def register_blueprints(app: Flask, settings: Settings) -> None:
     app.register_blueprint(signup.bp)
     app.register_blueprint(shared_log.bp)
     app.register_blueprint(ops.bp)
+    # RFC 8058 one-click unsubscribes come from mail clients, without a session or CSRF token.
+    app.extensions["csrf"].exempt(unsubscribe_post)
+    app.register_blueprint(unsubscribe_bp)
     app.extensions["csrf"].exempt(webhooks_bp)
     app.register_blueprint(webhooks_bp)
     if settings.is_development or settings.is_testing:

@@ -1,0 +1,70 @@
+"""POST /webhooks/twilio/status: Twilio's status callbacks for the texts we sent.
+
+The X-Twilio-Signature is checked against PUBLIC_BASE_URL plus the path and query (the query carries
+our nudge id) and every POSTed field: anything else gets 403 and changes nothing. Each (MessageSid,
+MessageStatus) is stored once, and a nudge only ever moves forward: queued/sent, then delivered,
+undelivered or failed (carrier error codes 30003 to 30008 are kept).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime
+
+from flask import abort, request
+from flask.typing import ResponseReturnValue
+from twilio.request_validator import RequestValidator
+
+from service.domain.delivery import TWILIO_STATUSES, apply_twilio_status
+from service.runtime import current_runtime, db_session
+from service.settings import Settings
+from service.web.webhooks import bp
+
+log = logging.getLogger(__name__)
+
+MESSAGE_SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")
+ERROR_CODE = re.compile(r"^\d{1,8}$")
+NUDGE_ID = re.compile(r"^\d{1,18}$")
+SIGNATURE_HEADER = "X-Twilio-Signature"
+SIGNATURE_SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
+
+
+def _signed_url(settings: Settings) -> str:
+    url = settings.public_base_url.rstrip("/") + request.path
+    query = request.query_string.decode("latin-1")
+    return f"{url}?{query}" if query else url
+
+
+def _signature_ok(settings: Settings) -> bool:
+    signature = request.headers.get(SIGNATURE_HEADER, "")
+    if not signature or not settings.twilio_auth_token or request.headers.get(SIGNATURE_SETTINGS_HEADER):
+        return False
+    return bool(RequestValidator(settings.twilio_auth_token).validate(_signed_url(settings), request.form, signature))
+
+
+@bp.post("/twilio/status")
+def twilio_status() -> ResponseReturnValue:
+    settings = current_runtime().settings
+    if not _signature_ok(settings):
+        abort(403, "The X-Twilio-Signature does not match this request.")
+    sid = request.form.get("MessageSid", "")
+    status = request.form.get("MessageStatus", "").strip().lower()
+    error_code = request.form.get("ErrorCode", "").strip() or None
+    hint = request.args.get("nudge", "")
+    if not MESSAGE_SID.match(sid):
+        abort(400, "MessageSid must be SM or MM and 32 hexadecimal digits.")
+    if status not in TWILIO_STATUSES:
+        abort(400, f"MessageStatus must be one of {', '.join(sorted(TWILIO_STATUSES))}.")
+    if error_code is not None and not ERROR_CODE.match(error_code):
+        abort(400, "ErrorCode must be a number.")
+    if hint and not NUDGE_ID.match(hint):
+        abort(400, "The nudge parameter must be a number.")
+    session = db_session()
+    result = apply_twilio_status(session, message_sid=sid, status=status, error_code=error_code,
+                                 nudge_hint=int(hint) if hint else None, now=datetime.now(UTC))
+    session.commit()
+    if result.fresh:
+        log.info("twilio status", extra={"nudge_id": result.nudge_id, "status": status, "code": error_code,
+                                         "moved": result.moved_to.value if result.moved_to else None})
+    return "", 204
