@@ -23,6 +23,7 @@ from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from sqlalchemy import text
 
+from jobs.inbound import drain_spool
 from jobs.runtime import QUEUE_NAMES, QUEUE_SEND
 from jobs.send import enqueue_nudges
 from service.domain.planner import (
@@ -35,7 +36,9 @@ from service.domain.planner import (
     sending_paused,
     stale_queued,
 )
+from service.domain.reveal import plan_reply_reminders
 from service.domain.signup import plan_confirmation_reminders
+from service.models import NudgeStatus
 from service.runtime import Runtime, current_runtime
 
 log = logging.getLogger(__name__)
@@ -70,8 +73,10 @@ def _run_pass_locked(runtime: Runtime, now: datetime) -> dict[str, int | str]:
     with database.transaction() as session:
         paused = sending_paused(session)
         record_pass(session, now)
+    # Replies spooled while the database was down are persisted whatever the kill switch says.
+    spooled = _drain_inbound_spool(runtime)
     if paused:
-        return {"status": "sending paused by an operator"}
+        return {"status": "sending paused by an operator", "spooled_replies": spooled}
     enqueued = 0
     while True:
         with database.transaction() as session:
@@ -88,6 +93,9 @@ def _run_pass_locked(runtime: Runtime, now: datetime) -> dict[str, int | str]:
     with database.transaction() as session:
         report.to_enqueue.extend(plan_confirmation_reminders(
             session, settings=runtime.settings, programs=runtime.programs, now=now).nudge_ids)
+        reply_reminders = plan_reply_reminders(session, settings=runtime.settings, programs=runtime.programs,
+                                               now=now)
+        report.to_enqueue.extend(n.id for n in reply_reminders if n.status == NudgeStatus.QUEUED)
     enqueued += _enqueue(runtime, report)
     _hand_back_abandoned_jobs(runtime, now)
     with database.transaction() as session:
@@ -96,7 +104,16 @@ def _run_pass_locked(runtime: Runtime, now: datetime) -> dict[str, int | str]:
         requeue(session, lost, now, report)
         mark_stale_sending_for_review(session, now, report)
     enqueued += _enqueue(runtime, report)
-    return {"status": "ok", **report.as_dict(), "enqueued": enqueued}
+    return {"status": "ok", **report.as_dict(), "enqueued": enqueued, "spooled_replies": spooled}
+
+
+def _drain_inbound_spool(runtime: Runtime) -> int:
+    """Persist replies that waited in Redis while the database was down; a failure waits for the next pass."""
+    try:
+        return drain_spool(runtime)
+    except Exception:
+        log.exception("could not drain the inbound spool; it stays in Redis for the next pass")
+        return 0
 
 
 def _enqueue(runtime: Runtime, report: PassReport) -> int:
