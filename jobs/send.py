@@ -60,7 +60,10 @@ from service.runtime import Runtime, current_runtime
 log = logging.getLogger(__name__)
 
 SEND_JOB_TIMEOUT = 300
-SEND_JOB_RETRY = Retry(max=3, interval=[5, 30, 120])
+# A failed or abandoned send job goes straight back on the queue: a retry scheduled for later needs RQ's
+# scheduler, whose lock a killed worker holds for a minute. Claims make an immediate re-run safe, and
+# the scheduler pass enqueues again whatever a job that failed for good left queued.
+SEND_JOB_RETRY = Retry(max=3)
 
 
 def enqueue_nudges(nudge_ids: Iterable[int], *, queue_name: str = QUEUE_SEND, runtime: Runtime | None = None) -> int:

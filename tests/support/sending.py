@@ -8,13 +8,14 @@ TWILIO_API_BASE_URL / SENDGRID_API_HOST pointing at a local HTTP server, which i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -136,9 +137,27 @@ class Scratch:
         env.update(extra)
         return env
 
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
     def start_worker(self, env: dict[str, str], *, burst: bool = False) -> subprocess.Popen[bytes]:
+        """`closer worker` in a process group of its own: RQ forks a scheduler process beside it, and
+        `kill_worker` takes both, as a crashed container or machine would."""
         argv = [sys.executable, "-m", "service.cli", "worker", *(["--burst"] if burst else [])]
-        return subprocess.Popen(argv, env=env, cwd=ROOT, preexec_fn=die_with_parent)
+        process = subprocess.Popen(argv, env=env, cwd=ROOT, preexec_fn=die_with_parent, start_new_session=True)
+        self.workers.append(process)
+        return process
+
+    def kill_worker(self, process: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        process.wait(timeout=30)
+
+    def stop_workers(self) -> None:
+        for process in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
 
     def redis(self) -> redis_lib.Redis:
         return self.runtime.redis
@@ -183,9 +202,11 @@ def scratch(settings: Settings, tmp_path: Path) -> Iterator[Scratch]:
     app = create_app(scratch_settings)
     runtime = runtime_of(app)
     runtime.redis.flushdb()
+    scratch = Scratch(scratch_settings, app, runtime)
     try:
-        yield Scratch(scratch_settings, app, runtime)
+        yield scratch
     finally:
+        scratch.stop_workers()
         runtime.redis.flushdb()
         runtime.database.dispose()
         drop()

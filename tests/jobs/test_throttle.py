@@ -1,0 +1,99 @@
+"""The provider rate limit, on real Redis, shared by every sender: never exceeded in any one-second window."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from jobs.throttle import JITTER_GUARD_SECONDS, admit, hold, rate_key, reserve, throttle, window_for
+from service.models import Channel
+from service.runtime import Runtime
+from service.settings import Settings
+
+
+def busiest_window(moments: list[float], window: float = 1.0) -> int:
+    ordered, start, best = sorted(moments), 0, 0
+    for end, moment in enumerate(ordered):
+        while moment - ordered[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def test_many_senders_never_exceed_the_rate(runtime: Runtime, use_settings: Callable[..., Settings]) -> None:
+    use_settings(sms_rate_per_second=40.0)
+    started: list[float] = []
+    lock = threading.Lock()
+
+    def sender(count: int) -> None:
+        for _ in range(count):
+            throttle(runtime, Channel.SMS)
+            admit(runtime, Channel.SMS)
+            with lock:
+                started.append(time.time())
+
+    threads = [threading.Thread(target=sender, args=(10,)) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(started) == 120
+    assert busiest_window(started) <= 40
+
+
+def test_the_window_holds_even_when_senders_skip_the_spreading(
+    runtime: Runtime, use_settings: Callable[..., Settings]
+) -> None:
+    """Threads that wake late from their slots arrive together; the admission window still holds."""
+    use_settings(email_rate_per_second=15.0)
+    started: list[float] = []
+    lock = threading.Lock()
+    gate = threading.Barrier(10)
+
+    def burst() -> None:
+        gate.wait()
+        for _ in range(4):
+            admit(runtime, Channel.EMAIL)
+            with lock:
+                started.append(time.time())
+
+    threads = [threading.Thread(target=burst) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(started) == 40 and busiest_window(started) <= 15
+
+
+def test_retry_after_holds_every_sender_back(runtime: Runtime, use_settings: Callable[..., Settings]) -> None:
+    use_settings(sms_rate_per_second=5.0)
+    hold(runtime, Channel.SMS, 30.0)
+    wait = reserve(runtime.redis, Channel.SMS, 5.0)
+    assert 29.0 <= wait <= 30.5, "the next slot is after the provider's Retry-After"
+    assert reserve(runtime.redis, Channel.EMAIL, 5.0) == 0.0, "only that channel"
+    hold(runtime, Channel.SMS, 1.0)
+    assert reserve(runtime.redis, Channel.SMS, 5.0) >= 29.0, "a shorter hold never pulls the timeline earlier"
+
+
+def test_slots_are_one_interval_apart(runtime: Runtime) -> None:
+    reserve(runtime.redis, Channel.SMS, 4.0)
+    first = int(runtime.redis.get(rate_key(Channel.SMS)) or 0)
+    waits = [reserve(runtime.redis, Channel.SMS, 4.0) for _ in range(4)]
+    last = int(runtime.redis.get(rate_key(Channel.SMS)) or 0)
+    assert last - first == 4 * 250_000, "each send takes the next slot, a quarter second after the previous one"
+    assert waits == sorted(waits) and waits[0] > 0
+
+
+def test_no_limit_means_no_waiting_and_no_state(runtime: Runtime) -> None:
+    assert runtime.settings.sms_rate_per_second == 0
+    throttle(runtime, Channel.SMS)
+    admit(runtime, Channel.SMS)
+    assert runtime.redis.exists(rate_key(Channel.SMS), rate_key(Channel.SMS) + ":log") == 0
+
+
+def test_the_window_for_slow_and_fast_rates() -> None:
+    guard = round(JITTER_GUARD_SECONDS * 1_000_000)
+    assert window_for(10) == (10, 1_000_000 + guard)
+    assert window_for(2.5) == (2, 1_000_000 + guard)
+    assert window_for(0.5) == (1, 2_000_000 + guard), "one every two seconds"
