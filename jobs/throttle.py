@@ -62,7 +62,8 @@ def _script(connection: Redis, source: str) -> Script:
 
 # KEYS[1]: the channel's log of request starts (a sorted set scored in microseconds).
 # ARGV[1]: how many may start per window, ARGV[2]: the window in microseconds, ARGV[3]: a unique member.
-# Returns 0 when admitted (and logged), else the microseconds until the oldest start leaves the window.
+# Returns {1, the start in microseconds} when admitted (and logged), else {0, microseconds to wait until
+# the oldest start leaves the window}.
 _ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -71,10 +72,10 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now - wind
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], string.format('%.0f', now), ARGV[3])
   redis.call('PEXPIRE', KEYS[1], math.floor(window / 1000) + 1000)
-  return 0
+  return {1, string.format('%.0f', now)}
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return string.format('%.0f', tonumber(oldest[2]) + window - now + 1)
+return {0, string.format('%.0f', tonumber(oldest[2]) + window - now + 1)}
 """
 # Requests started this far apart can still reach the provider inside one second if the first one took
 # longer on the way; the log counts over one second plus this much.
@@ -113,20 +114,23 @@ def window_for(rate: float) -> tuple[int, int]:
     return max(1, int(rate * span + 1e-9)), round((span + JITTER_GUARD_SECONDS) * 1_000_000)
 
 
-def admit(runtime: Runtime, channel: Channel) -> None:
-    """Block until a request on `channel` may start now without exceeding the rate in any window."""
+def admit(runtime: Runtime, channel: Channel) -> float | None:
+    """Block until a request on `channel` may start now without exceeding the rate in any window.
+
+    Returns when it was admitted, in seconds on Redis' clock (the clock every worker shares), or None
+    when the channel has no limit."""
     rate = rate_for(runtime, channel)
     if rate <= 0:
-        return
+        return None
     allowed, window_us = window_for(rate)
     connection = runtime.redis
     member = uuid.uuid4().hex
     while True:
-        wait_us = int(_script(connection, _ADMIT)(keys=[f"{rate_key(channel)}:log"],
-                                                  args=[allowed, window_us, member], client=connection))
-        if wait_us <= 0:
-            return
-        time.sleep(wait_us / 1_000_000)
+        admitted, value = _script(connection, _ADMIT)(keys=[f"{rate_key(channel)}:log"],
+                                                      args=[allowed, window_us, member], client=connection)
+        if int(admitted):
+            return int(value) / 1_000_000
+        time.sleep(int(value) / 1_000_000)
 
 
 def hold(runtime: Runtime, channel: Channel, seconds: float) -> None:

@@ -1,23 +1,22 @@
-"""Email through SendGrid's official SDK.
+"""Email through SendGrid's official SDK: its `Mail` builds every message and its client supplies the
+headers (API key, user agent); the payload travels over a keep-alive connection per sending thread
+(`service.providers.transport`), because the SDK's own HTTP layer (urllib) opens a new connection for
+every message and costs more than twice the CPU (measured: 0.63 ms against 0.24 ms a message).
 
 Every message carries an HTML and a text part, a reply-to address that routes answers back to us,
-RFC 8058 one-click unsubscribe headers and our nudge id as a custom argument (per personalization:
-the Mail Send spec types the top-level `custom_args` as a string). Categories are never set: they are
+RFC 8058 one-click unsubscribe headers and our nudge id as a custom argument (per personalization: the
+Mail Send spec types the top-level `custom_args` as a string). Categories are never set: they are
 aggregated in SendGrid's reports and must not carry anything personal.
 
-The SDK's HTTP layer (python_http_client on urllib) opens one connection per request. Failures map
-like Twilio's: an HTTP error is 429/5xx = retry, other 4xx = failed; a failure before the request was
-sent (`URLError` from urllib's connect/send step) = retry; no answer after sending = `OutcomeUnknown`.
+Failures map like Twilio's: an HTTP error is 429/5xx = retry, other 4xx = failed; a request that never
+went out whole = retry; no answer after sending = `OutcomeUnknown` (review, never resent).
 """
 
 from __future__ import annotations
 
-import http.client
-import logging
+import json
 import time
-import urllib.error
 
-from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import (
     Content,
@@ -36,10 +35,9 @@ from service.providers.base import (
     SendResult,
     retry_after_seconds,
 )
+from service.providers.transport import Answer, KeepAlive, NoAnswer, NotSent
 
-# The HTTP layer logs whole payloads at DEBUG, and payloads are the couples' words.
-logging.getLogger("python_http_client").setLevel(logging.INFO)
-logging.getLogger("python_http_client.client").setLevel(logging.INFO)
+MAIL_SEND_PATH = "/v3/mail/send"
 
 
 class SendGridEmail:
@@ -51,8 +49,7 @@ class SendGridEmail:
         if not from_email:
             raise ValueError("SendGrid needs SENDGRID_FROM_EMAIL")
         self._client = SendGridAPIClient(api_key=api_key, host=api_host.rstrip("/") or "https://api.sendgrid.com")
-        # Without a timeout urllib waits forever on a connection that never answers.
-        self._client.client.timeout = timeout
+        self._transport = KeepAlive(self._client.host, timeout)
         self._from = Email(from_email, from_name or None)
 
     def build(self, message: OutboundEmail) -> Mail:
@@ -68,33 +65,27 @@ class SendGridEmail:
         return mail
 
     def send_email(self, message: OutboundEmail) -> SendResult:
+        payload = json.dumps(self.build(message).get()).encode()
+        headers = {**self._client.client.request_headers, "Content-Type": "application/json"}
         try:
-            response = self._client.send(self.build(message))
-        except HTTPError as exc:
-            status = int(getattr(exc, "status_code", 0) or 0)
-            headers = getattr(exc, "headers", None)
-            raise ProviderError(
-                f"sendgrid answered {status}", code=str(status), retryable=status == 429 or status >= 500,
-                retry_after=_retry_after(headers),
-            ) from exc
-        except urllib.error.URLError as exc:
-            # urllib raises URLError only while connecting and writing the request: nothing was accepted.
+            answer = self._transport.request("POST", MAIL_SEND_PATH, payload, headers)
+        except NotSent as exc:
             raise ProviderError("sendgrid could not be reached", code="connection", retryable=True) from exc
-        except (TimeoutError, ConnectionError, http.client.HTTPException, OSError) as exc:
+        except NoAnswer as exc:
             raise OutcomeUnknown("sendgrid did not answer after the request was sent") from exc
-        message_id = ""
-        if response.headers is not None:
-            message_id = response.headers.get("X-Message-Id", "") or ""
+        if answer.status >= 400:
+            raise ProviderError(f"sendgrid answered {answer.status}", code=str(answer.status),
+                                retryable=answer.status == 429 or answer.status >= 500,
+                                retry_after=_retry_after(answer))
+        message_id = answer.header("X-Message-Id") or ""
         return SendResult(provider_message_id=message_id or f"sendgrid-{message.nudge_id}", status="sent")
 
 
-def _retry_after(headers: object) -> float | None:
-    if headers is None or not hasattr(headers, "get"):
-        return None
-    value = retry_after_seconds(headers.get("Retry-After"))
+def _retry_after(answer: Answer) -> float | None:
+    value = retry_after_seconds(answer.header("Retry-After"))
     if value is not None:
         return value
-    reset = headers.get("X-RateLimit-Reset")
+    reset = answer.header("X-RateLimit-Reset")
     try:
         return max(0.0, float(reset) - time.time()) if reset else None
     except ValueError:

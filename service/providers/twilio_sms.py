@@ -1,25 +1,27 @@
-"""SMS through Twilio's official SDK, one keep-alive HTTP client per sending thread.
+"""SMS through Twilio's official SDK: the SDK builds each request and parses each answer; a keep-alive
+transport (`service.providers.transport`, through the SDK's custom `HttpClient` hook) carries them, one
+connection per sending thread.
 
 What a failure means decides whether a nudge may be sent again:
 - Twilio answered with an error: 429 and 5xx are retried, other 4xx end the nudge (21610 = the number
   replied STOP to Twilio itself; 21211 and 21614 = not a valid mobile number).
-- The connection was never made (refused, DNS, connect timeout): nothing was sent, retry.
+- The request never went out whole (no connection, or it broke while writing): retry.
 - The request went out and no answer came back (read timeout, connection dropped): Twilio may have
   sent it. That is `OutcomeUnknown`, and the nudge goes to operator review instead of being resent.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import re
 import threading
-import time
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
 from twilio.base.exceptions import TwilioRestException
-from twilio.http.http_client import TwilioHttpClient
+from twilio.http import HttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
@@ -30,42 +32,54 @@ from service.providers.base import (
     SendResult,
     retry_after_seconds,
 )
+from service.providers.transport import KeepAlive, NoAnswer, NotSent
 
 __all__ = ["INVALID_NUMBER_CODES", "OPTED_OUT_CODE", "OutcomeUnknown", "TwilioSms"]
 
 OPTED_OUT_CODE = "21610"
 INVALID_NUMBER_CODES = frozenset({"21211", "21614"})
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-# Idle keep-alive connections get closed by the far end; reusing one then fails in a way that looks
-# like "the request may have gone out". Dropping connections idle this long avoids that ambiguity.
-MAX_IDLE_SECONDS = 20.0
+DEFAULT_API = "https://api.twilio.com"
 
-# The SDK logs every request's URL and headers at INFO; at our volume that is noise, not signal.
 _sdk_log = logging.getLogger("service.providers.twilio.http")
-_sdk_log.setLevel(logging.WARNING)
 
 
-class _HttpClient(TwilioHttpClient):
-    """The SDK's client, remembering the last response's headers (for Retry-After) on this thread."""
+class _SdkTransport(HttpClient):
+    """The SDK's HTTP client interface over keep-alive connections; one per sending thread."""
 
-    def __init__(self, timeout: float) -> None:
-        super().__init__(pool_connections=True, timeout=timeout, logger=_sdk_log)
-        assert self.session is not None
-        # One connection per thread is all a thread uses; the SDK only sizes the https:// pool.
-        self.session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=1))
+    def __init__(self, transports: dict[str, KeepAlive], lock: threading.Lock, timeout: float) -> None:
+        super().__init__(_sdk_log, False, timeout)
+        self._transports, self._lock = transports, lock
         self.last_headers: dict[str, str] = {}
-        self.last_used = time.monotonic()
 
-    def request(self, *args: Any, **kwargs: Any) -> Response:
-        if time.monotonic() - self.last_used > MAX_IDLE_SECONDS and self.session is not None:
-            self.session.close()
+    def _transport(self, origin: str) -> KeepAlive:
+        with self._lock:
+            transport = self._transports.get(origin)
+            if transport is None:
+                transport = self._transports[origin] = KeepAlive(origin, self.timeout or 15.0)
+            return transport
+
+    def request(
+        self, method: str, url: str, params: dict[str, object] | None = None, data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None, auth: tuple[str, str] | None = None, timeout: float | None = None,
+        allow_redirects: bool = False,
+    ) -> Response:
+        parts = urlsplit(url)
+        path = parts.path + ("?" + urlencode(params, doseq=True) if params else "")
+        sent_headers = dict(headers or {})
+        body = None
+        if data is not None:
+            if sent_headers.get("Content-Type") == "application/json":
+                body = json.dumps(data).encode()
+            else:
+                body = urlencode(data, doseq=True).encode()
+                sent_headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+        if auth is not None:
+            sent_headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         self.last_headers = {}
-        try:
-            response = super().request(*args, **kwargs)
-        finally:
-            self.last_used = time.monotonic()
-        self.last_headers = dict(response.headers or {})
-        return response
+        answer = self._transport(f"{parts.scheme}://{parts.netloc}").request(method.upper(), path, body, sent_headers)
+        self.last_headers = answer.headers
+        return Response(answer.status, answer.body.decode("utf-8", "replace"), answer.headers)
 
 
 class TwilioSms:
@@ -90,11 +104,14 @@ class TwilioSms:
         self._api_base_url = api_base_url.rstrip("/")
         self._timeout = timeout
         self._local = threading.local()
+        self._transports: dict[str, KeepAlive] = {}
+        self._transports_lock = threading.Lock()
 
     def _client(self) -> Client:
         client: Client | None = getattr(self._local, "client", None)
         if client is None:
-            client = Client(self._account_sid, self._auth_token, http_client=_HttpClient(self._timeout))
+            http_client = _SdkTransport(self._transports, self._transports_lock, self._timeout)
+            client = Client(self._account_sid, self._auth_token, http_client=http_client)
             if self._api_base_url:
                 client.api.base_url = self._api_base_url
             self._local.client = client
@@ -120,44 +137,20 @@ class TwilioSms:
         except TwilioRestException as exc:
             status = int(exc.status or 0)
             http_client = client.http_client
-            headers = http_client.last_headers if isinstance(http_client, _HttpClient) else {}
+            headers = http_client.last_headers if isinstance(http_client, _SdkTransport) else {}
             raise ProviderError(
                 f"twilio answered {status}",
                 code=str(exc.code) if exc.code else str(status),
                 retryable=status == 429 or status >= 500,
                 retry_after=retry_after_seconds(_header(headers, "Retry-After")),
             ) from exc
-        except requests.exceptions.ConnectTimeout as exc:
-            raise ProviderError("twilio did not accept the connection", code="timeout", retryable=True) from exc
-        except requests.exceptions.ReadTimeout as exc:
-            raise OutcomeUnknown("twilio did not answer in time") from exc
-        except requests.exceptions.ConnectionError as exc:
-            if _never_connected(exc):
-                raise ProviderError("twilio could not be reached", code="connection", retryable=True) from exc
-            raise OutcomeUnknown("the connection to twilio dropped before it answered") from exc
+        except NotSent as exc:
+            raise ProviderError("twilio could not be reached", code="connection", retryable=True) from exc
+        except NoAnswer as exc:
+            raise OutcomeUnknown("twilio did not answer after the request was sent") from exc
         return SendResult(provider_message_id=str(created.sid), status=str(created.status or "queued"))
 
 
-def _header(headers: dict[str, str], name: str) -> str | None:
+def _header(headers: dict[str, Any], name: str) -> str | None:
     lowered = name.lower()
-    return next((v for k, v in headers.items() if k.lower() == lowered), None)
-
-
-def _never_connected(exc: BaseException) -> bool:
-    """True when the failure happened before a byte of the request could have been sent."""
-    from urllib3.exceptions import NameResolutionError, NewConnectionError
-
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, NewConnectionError | NameResolutionError | ConnectionRefusedError):
-            return True
-        reason = getattr(current, "reason", None)
-        if isinstance(reason, BaseException) and id(reason) not in seen:
-            current = reason
-            continue
-        args = getattr(current, "args", ())
-        nested = next((a for a in args if isinstance(a, BaseException) and id(a) not in seen), None)
-        current = nested or current.__cause__ or current.__context__
-    return False
+    return next((str(v) for k, v in headers.items() if k.lower() == lowered), None)
