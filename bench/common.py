@@ -40,7 +40,7 @@ def scratch_database(name: str) -> str:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
         admin.dispose()
         return url.set(database=name).render_as_string(hide_password=False)
-    except Exception as exc:  # noqa: BLE001 - no PostgreSQL here: measure on SQLite and say so
+    except Exception as exc:  # no PostgreSQL here: measure on SQLite and say so
         print(f"(PostgreSQL unavailable: {type(exc).__name__}; using SQLite)", file=sys.stderr)
         path = ROOT / "instance" / f"{name}.db"
         path.parent.mkdir(exist_ok=True)
@@ -57,7 +57,7 @@ def gunicorn(app_spec: str, env: dict[str, str], *, workers: int, threads: int) 
         "--worker-class", "gthread", "--threads", str(threads), "--keep-alive", "30", "--log-level", "warning",
         app_spec,
     ]
-    process = subprocess.Popen(argv, env={**os.environ, **env}, cwd=ROOT)  # noqa: S603
+    process = subprocess.Popen(argv, env={**os.environ, **env}, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
