@@ -55,6 +55,7 @@ from service.domain.outbound import (
 )
 from service.domain.planner import sending_paused
 from service.providers import OutboundEmail, OutboundSms, ProviderError, SendResult
+from service.providers.transport import GateClosed, admission
 from service.runtime import Runtime, current_runtime
 
 log = logging.getLogger(__name__)
@@ -342,14 +343,14 @@ def send_one(runtime: Runtime, plan: SendPlan, gate: _Gate, writer: _Writer) -> 
             gate.paused = True
         return outcome
     try:
-        admit(runtime, plan.channel)
-    except Exception:
+        # The rate admission runs inside the transport, right before the request is written.
+        with admission(lambda: admit(runtime, plan.channel)):
+            result = _call(runtime, composed.message)
+    except GateClosed:
         # Nothing reached the provider (Redis failed us): the nudge goes back to the queue.
         with _failure_slots, database.transaction() as session:
             release_claim(session, plan.nudge_id)
         raise
-    try:
-        result = _call(runtime, composed.message)
     except Exception as exc:
         with _failure_slots, database.transaction() as session:
             outcome = record_failure(session, plan, exc, datetime.now(UTC))

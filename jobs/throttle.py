@@ -4,10 +4,10 @@ Two steps per send, both atomic Lua scripts on Redis' clock:
 1. `throttle` (before the claim) reserves the next free slot on the channel's timeline (a generic cell
    rate algorithm): slots are `1 / rate` seconds apart and the caller sleeps until its slot, so sends
    are spread evenly instead of arriving in bursts. Redis is asked once per send, not polled.
-2. `admit` (after the claim, right before the HTTP call) is the guarantee: a sliding-window log that
-   lets a request start only if fewer than `rate` started in the last second (plus a small guard for
-   network jitter). A thread that woke late from its slot, under CPU pressure, waits here instead of
-   joining a bunch, so no one-second window at the provider ever holds more than the limit.
+2. `admit` (after the claim, in the transport right before the request is written) is the guarantee:
+   a sliding-window log that lets a request start only if fewer than `rate` started in the last second
+   (stretched by 1% of headroom). A thread that woke late from its slot, under CPU pressure,
+   waits here instead of joining a bunch.
 A 429 with Retry-After pushes the timeline back (`hold`), so every worker backs off, not just the thread
 that was told.
 """
@@ -77,9 +77,9 @@ end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {0, string.format('%.0f', tonumber(oldest[2]) + window - now + 1)}
 """
-# Requests started this far apart can still reach the provider inside one second if the first one took
-# longer on the way; the log counts over one second plus this much.
-JITTER_GUARD_SECONDS = 0.02
+# The limiter aims just under the limit (1%, about 10 ms a second), so requests that take a little longer
+# on the way than their neighbours, or a provider clock that differs from Redis', cannot tip it over.
+HEADROOM = 0.99
 
 
 def rate_for(runtime: Runtime, channel: Channel) -> float:
@@ -93,7 +93,7 @@ def rate_key(channel: Channel) -> str:
 
 def reserve(connection: Redis, channel: Channel, rate: float) -> float:
     """Reserve the next slot on `channel`; returns the seconds to wait until it (0 if it is now)."""
-    interval_us = max(1, round(1_000_000 / rate))
+    interval_us = max(1, round(1_000_000 / (rate * HEADROOM)))
     waited = _script(connection, _RESERVE)(keys=[rate_key(channel)], args=[interval_us], client=connection)
     return int(waited) / 1_000_000
 
@@ -109,9 +109,10 @@ def throttle(runtime: Runtime, channel: Channel) -> None:
 
 
 def window_for(rate: float) -> tuple[int, int]:
-    """(requests allowed, window in microseconds): `rate` per second, or one per `1 / rate` seconds."""
+    """(requests allowed, window in microseconds): `rate` per second, or one per `1 / rate` seconds,
+    with the window stretched by the headroom."""
     span = max(1.0, 1.0 / rate)
-    return max(1, int(rate * span + 1e-9)), round((span + JITTER_GUARD_SECONDS) * 1_000_000)
+    return max(1, int(rate * span + 1e-9)), round(span / HEADROOM * 1_000_000)
 
 
 def admit(runtime: Runtime, channel: Channel) -> float | None:

@@ -9,6 +9,7 @@ import uuid
 from service.db import Database
 from service.models import Channel, OutboxMessage, mask_phone
 from service.providers.base import OutboundEmail, OutboundSms, SendResult
+from service.providers.transport import pass_gate
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ class ConsoleSms:
         self._sender = sender
 
     def send_sms(self, message: OutboundSms) -> SendResult:
+        pass_gate()
         sid = "SM" + uuid.uuid4().hex
         # The outbox stands in for the provider, so it commits on its own, as a remote API would.
         with self._database.transaction() as session:
@@ -42,6 +44,7 @@ class ConsoleEmail:
         self._sender = sender
 
     def send_email(self, message: OutboundEmail) -> SendResult:
+        pass_gate()
         message_id = "console-" + uuid.uuid4().hex
         with self._database.transaction() as session:
             session.add(

@@ -35,7 +35,7 @@ from service.providers.base import (
     SendResult,
     retry_after_seconds,
 )
-from service.providers.transport import Answer, KeepAlive, NoAnswer, NotSent
+from service.providers.transport import Answer, GateClosed, KeepAlive, NoAnswer, NotSent
 
 MAIL_SEND_PATH = "/v3/mail/send"
 
@@ -69,6 +69,8 @@ class SendGridEmail:
         headers = {**self._client.client.request_headers, "Content-Type": "application/json"}
         try:
             answer = self._transport.request("POST", MAIL_SEND_PATH, payload, headers)
+        except GateClosed:
+            raise
         except NotSent as exc:
             raise ProviderError("sendgrid could not be reached", code="connection", retryable=True) from exc
         except NoAnswer as exc:

@@ -20,8 +20,38 @@ import ssl
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+_gate = threading.local()
+
+
+@contextmanager
+def admission(gate: Callable[[], object]) -> Iterator[None]:
+    """Run `gate` on this thread right before a request's bytes are written (a rate limit's admission),
+    so nothing (building the request, say) comes between being admitted and being on the wire. If the
+    gate raises, nothing was written."""
+    previous = getattr(_gate, "check", None)
+    _gate.check = gate
+    try:
+        yield
+    finally:
+        _gate.check = previous
+
+
+def pass_gate() -> None:
+    """Run this thread's pending admission, once; every provider calls it right before it sends."""
+    gate: Callable[[], object] | None = getattr(_gate, "check", None)
+    if gate is None:
+        return
+    _gate.check = None
+    try:
+        gate()
+    except Exception as exc:
+        raise GateClosed(str(exc)) from exc
+
 
 # Idle keep-alive connections get closed by the far end; one reused after that fails in a way that
 # looks like "the request may have gone out". Connections idle this long are replaced first.
@@ -30,6 +60,10 @@ MAX_IDLE_SECONDS = 20.0
 
 class NotSent(Exception):
     """Nothing reached the provider: safe to try again."""
+
+
+class GateClosed(NotSent):
+    """The admission before writing failed (Redis unreachable, say): nothing was written."""
 
 
 class NoAnswer(Exception):
@@ -105,6 +139,7 @@ class KeepAlive:
     def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Answer:
         for attempt in (1, 2):
             connection, reused = self._connection()
+            pass_gate()
             try:
                 connection.putrequest(method, self.prefix + path, skip_accept_encoding=True)
                 for name, value in headers.items():

@@ -32,7 +32,7 @@ from service.providers.base import (
     SendResult,
     retry_after_seconds,
 )
-from service.providers.transport import KeepAlive, NoAnswer, NotSent
+from service.providers.transport import GateClosed, KeepAlive, NoAnswer, NotSent
 
 __all__ = ["INVALID_NUMBER_CODES", "OPTED_OUT_CODE", "OutcomeUnknown", "TwilioSms"]
 
@@ -144,6 +144,8 @@ class TwilioSms:
                 retryable=status == 429 or status >= 500,
                 retry_after=retry_after_seconds(_header(headers, "Retry-After")),
             ) from exc
+        except GateClosed:
+            raise
         except NotSent as exc:
             raise ProviderError("twilio could not be reached", code="connection", retryable=True) from exc
         except NoAnswer as exc:

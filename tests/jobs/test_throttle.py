@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from jobs.throttle import JITTER_GUARD_SECONDS, admit, hold, rate_key, reserve, throttle, window_for
+from jobs.throttle import HEADROOM, admit, hold, rate_key, reserve, throttle, window_for
 from service.models import Channel
 from service.runtime import Runtime
 from service.settings import Settings
@@ -85,7 +85,8 @@ def test_slots_are_one_interval_apart(runtime: Runtime) -> None:
     first = int(runtime.redis.get(rate_key(Channel.SMS)) or 0)
     waits = [reserve(runtime.redis, Channel.SMS, 4.0) for _ in range(4)]
     last = int(runtime.redis.get(rate_key(Channel.SMS)) or 0)
-    assert last - first == 4 * 250_000, "each send takes the next slot, a quarter second after the previous one"
+    interval = round(250_000 / HEADROOM)
+    assert last - first == 4 * interval, "each send takes the next slot, a quarter second (and 1%) after the last"
     assert waits == sorted(waits) and waits[0] > 0
 
 
@@ -97,7 +98,7 @@ def test_no_limit_means_no_waiting_and_no_state(runtime: Runtime) -> None:
 
 
 def test_the_window_for_slow_and_fast_rates() -> None:
-    guard = round(JITTER_GUARD_SECONDS * 1_000_000)
-    assert window_for(10) == (10, 1_000_000 + guard)
-    assert window_for(2.5) == (2, 1_000_000 + guard)
-    assert window_for(0.5) == (1, 2_000_000 + guard), "one every two seconds"
+    second = round(1_000_000 / HEADROOM)
+    assert window_for(10) == (10, second)
+    assert window_for(2.5) == (2, second)
+    assert window_for(0.5) == (1, round(2_000_000 / HEADROOM)), "one every two seconds"
