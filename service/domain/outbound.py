@@ -255,22 +255,25 @@ def apply_guard(session: Session, plan: SendPlan, decision: GuardDecision) -> Se
 
 
 def compose(plan: SendPlan, programs: ProgramLibrary, settings: Settings) -> Composed:
-    """The provider message for a plan; prompts and invitations are rendered here, once."""
+    """The provider message for a plan; prompts and invitations are rendered here, once.
+
+    The words are stored with the claim (subject and text, encrypted): the HTML part carries the same
+    words in the shared layout, so it is not kept twice."""
     store: dict[str, str | None] = {}
     subject, text, html = plan.subject, plan.body_text, plan.body_html
-    if text is None and plan.kind in TIMED_KINDS:
-        if plan.kind is NudgeKind.PROMPT:
-            subject, text, html = _render_prompt(plan, programs, settings)
-        else:
-            subject, text, html = _render_invitation(plan, programs, settings)
-        store = {"subject": subject, "body_text": text, "body_html": html}
+    unsubscribe = unsubscribe_url(settings, plan.partner_id) if plan.channel is Channel.EMAIL else None
+    if plan.kind in TIMED_KINDS:
+        # Rendered every time (a retry sends the same words, in the full layout); stored the first time.
+        render = _render_prompt if plan.kind is NudgeKind.PROMPT else _render_invitation
+        subject, text, html = render(plan, programs, settings, unsubscribe)
+        if plan.body_text is None:
+            store = {"subject": subject, "body_text": text}
     if text is None:
         raise ValueError(f"nudge {plan.nudge_id} has no text to send")
     if plan.channel is Channel.SMS:
         return Composed(OutboundSms(to=plan.address or "", body=text,
                                     status_callback=status_callback_url(settings, plan.nudge_id),
                                     nudge_id=plan.nudge_id), store)
-    unsubscribe = unsubscribe_url(settings, plan.partner_id)
     return Composed(OutboundEmail(
         to=plan.address or "", subject=subject or settings.sender_name, text=text, html=html or text_to_html(text),
         reply_to=plan.reply_to,
@@ -279,22 +282,23 @@ def compose(plan: SendPlan, programs: ProgramLibrary, settings: Settings) -> Com
     ), store)
 
 
-def _footer(plan: SendPlan, title: str, settings: Settings) -> EmailFooter:
-    return EmailFooter(title, settings.sender_name, settings.sender_postal_address,
-                       unsubscribe_url(settings, plan.partner_id))
+def _footer(title: str, settings: Settings, unsubscribe: str | None) -> EmailFooter:
+    return EmailFooter(title, settings.sender_name, settings.sender_postal_address, unsubscribe)
 
 
-def _render_prompt(plan: SendPlan, programs: ProgramLibrary, settings: Settings) -> tuple[str | None, str, str | None]:
+def _render_prompt(
+    plan: SendPlan, programs: ProgramLibrary, settings: Settings, unsubscribe: str | None
+) -> tuple[str | None, str, str | None]:
     program = programs.get(plan.program_key)
     step = program.step(plan.step_day)
     if plan.channel is Channel.SMS:
         return None, render_sms(step, plan.name, plan.other_name).body, None
-    email = render_email(step, plan.name, plan.other_name, _footer(plan, program.title, settings))
+    email = render_email(step, plan.name, plan.other_name, _footer(program.title, settings, unsubscribe))
     return email.subject, email.text, email.html
 
 
 def _render_invitation(
-    plan: SendPlan, programs: ProgramLibrary, settings: Settings
+    plan: SendPlan, programs: ProgramLibrary, settings: Settings, unsubscribe: str | None
 ) -> tuple[str | None, str, str | None]:
     program = programs.get(plan.program_key)
     next_url = f"{settings.public_base_url.rstrip('/')}/programs"
@@ -309,7 +313,7 @@ def _render_invitation(
         f"If you'd like another program, you can choose one here: {next_url}\n\n"
         "Your shared log stays where it is, whenever you want to read it together."
     )
-    email = wrap_email(subject, text, text_to_html(text), _footer(plan, program.title, settings))
+    email = wrap_email(subject, text, text_to_html(text), _footer(program.title, settings, unsubscribe))
     return email.subject, email.text, email.html
 
 

@@ -282,3 +282,16 @@ def test_quiet_hours_use_the_partners_own_zone(db: Session, runtime: Runtime) ->
     kolkata_decision = send_time_guard(kolkata.__class__(**{**kolkata.__dict__, "scheduled_for": at}), at)
     assert sydney_decision is not None and sydney_decision.outcome is SendOutcome.SKIPPED
     assert kolkata_decision is None
+
+
+def test_a_retried_email_goes_out_in_full_and_keeps_the_first_record(db: Session, runtime: Runtime) -> None:
+    nudge = queued(db, make_couple(db), channel=Channel.EMAIL)
+    first = compose(plan_of(db, runtime, nudge), runtime.programs, runtime.settings)
+    assert claim(db, plan_of(db, runtime, nudge), NOW, first.store) and first.store["body_text"]
+    db.refresh(nudge)
+    nudge.status = NudgeStatus.QUEUED  # as after a retryable error, its time come again
+    db.flush()
+    again = compose(plan_of(db, runtime, nudge), runtime.programs, runtime.settings)
+    assert again.store == {}, "what was sent is recorded once"
+    assert isinstance(again.message, OutboundEmail) and isinstance(first.message, OutboundEmail)
+    assert again.message.html == first.message.html and again.message.text == first.message.text
