@@ -125,3 +125,24 @@ def test_the_message_id_comes_from_sendgrids_header(fake: FakeProviders, setting
     result = email.send_email(message)
     [record] = fake.records("email")
     assert result.provider_message_id == record.provider_id
+
+
+def test_one_keep_alive_connection_per_sending_thread(fake: FakeProviders, settings: Settings,
+                                                      programs: ProgramLibrary) -> None:
+    import threading
+
+    email = sdk_providers(settings, twilio_url=fake.url, sendgrid_url=fake.url).email
+    message = compose(_plan(), programs, settings).message
+    assert isinstance(message, OutboundEmail)
+
+    def send_three() -> None:
+        for _ in range(3):
+            email.send_email(message)
+
+    threads = [threading.Thread(target=send_three) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    records = fake.records("email")
+    assert len(records) == 6 and len({r.peer for r in records}) == 2
