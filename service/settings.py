@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,6 @@ class Settings:
     # How many reverse proxies (load balancers) stand in front of the web processes: their
     # X-Forwarded-For entries are trusted, so rate limits see each client's own address.
     trusted_proxies: int = 0
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def is_development(self) -> bool:
@@ -108,8 +107,6 @@ class Settings:
                     env.setdefault(key, value)
         values: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name == "extra":
-                continue
             raw = env.get(f.name.upper())
             if raw is None or raw == "":
                 continue
