@@ -43,8 +43,9 @@ pytest: $(STAMP) browser prism
 
 test: lint typecheck pytest
 
+# `make faults FAULTS_ARGS="--size 1000 --scenario kill9"`; `--real-time` waits out the recovery timers.
 faults: $(STAMP) prism
-	$(BIN)/python -m bench.faults
+	$(BIN)/python -m bench.faults $(FAULTS_ARGS)
 
 bench: $(STAMP) prism
 	$(BIN)/python -m bench.dispatch
