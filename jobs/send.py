@@ -98,10 +98,19 @@ class _Gate:
     paused: bool = False
 
 
+class _Settled(Protocol):
+    def wait(self) -> bool: ...
+
+
+class _Done:
+    def wait(self) -> bool:
+        return True
+
+
 class _Writer(Protocol):
     def claim(self, nudge_id: int, store: dict[str, str | None]) -> bool: ...
 
-    def record_sent(self, nudge_id: int, provider_message_id: str) -> None: ...
+    def record_sent(self, nudge_id: int, provider_message_id: str) -> _Settled: ...
 
 
 class _Direct:
@@ -114,9 +123,10 @@ class _Direct:
         with self._database.transaction() as session:
             return nudge_id in claim_many(session, [Claim(nudge_id, store)], datetime.now(UTC))
 
-    def record_sent(self, nudge_id: int, provider_message_id: str) -> None:
+    def record_sent(self, nudge_id: int, provider_message_id: str) -> _Settled:
         with self._database.transaction() as session:
             record_sent_many(session, [(nudge_id, provider_message_id)], datetime.now(UTC))
+        return _Done()
 
 
 class _Entry:
@@ -172,10 +182,11 @@ class Ledger:
         self._queue.put(entry)
         return entry.wait()
 
-    def record_sent(self, nudge_id: int, provider_message_id: str) -> None:
+    def record_sent(self, nudge_id: int, provider_message_id: str) -> _Settled:
+        """Hand over a record without waiting for it: the batch waits for all of them before it ends."""
         entry = _Entry(nudge_id, provider_message_id=provider_message_id)
         self._queue.put(entry)
-        entry.wait()
+        return entry
 
     def _run(self) -> None:
         while True:
@@ -308,18 +319,27 @@ def _lane(
 ) -> tuple[Counter[str], list[BaseException]]:
     outcomes: Counter[str] = Counter()
     errors: list[BaseException] = []
+    records: list[_Settled] = []
     while True:
         try:
             plan = todo.get_nowait()
         except Empty:
-            return outcomes, errors
+            break
         try:
-            outcomes[send_one(runtime, plan, gate, writer).value] += 1
+            outcomes[send_one(runtime, plan, gate, writer, records).value] += 1
         except Exception as exc:
             errors.append(exc)
+    for record in records:
+        try:
+            record.wait()
+        except Exception as exc:
+            errors.append(exc)
+    return outcomes, errors
 
 
-def send_one(runtime: Runtime, plan: SendPlan, gate: _Gate, writer: _Writer) -> SendOutcome:
+def send_one(
+    runtime: Runtime, plan: SendPlan, gate: _Gate, writer: _Writer, records: list[_Settled] | None = None
+) -> SendOutcome:
     if gate.paused:
         return SendOutcome.PAUSED
     database, settings = runtime.database, runtime.settings
@@ -357,7 +377,11 @@ def send_one(runtime: Runtime, plan: SendPlan, gate: _Gate, writer: _Writer) -> 
         if isinstance(exc, ProviderError) and exc.retry_after:
             hold(runtime, plan.channel, exc.retry_after)
         return outcome
-    writer.record_sent(plan.nudge_id, result.provider_message_id)
+    settled = writer.record_sent(plan.nudge_id, result.provider_message_id)
+    if records is None:
+        settled.wait()
+    else:
+        records.append(settled)
     return SendOutcome.SENT
 
 
