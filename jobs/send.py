@@ -86,8 +86,12 @@ def enqueue_nudges(nudge_ids: Iterable[int], *, queue_name: str = QUEUE_SEND, ru
         )
         for job_id, batch in batches
     ])
-    with runtime.database.transaction() as session:
-        remember_jobs(session, [(nudge_id, job_id) for job_id, batch in batches for nudge_id in batch])
+    try:
+        with runtime.database.transaction() as session:
+            remember_jobs(session, [(nudge_id, job_id) for job_id, batch in batches for nudge_id in batch])
+    except (OperationalError, InterfaceError):
+        # The jobs are in Redis already; a nudge that forgot its job is only enqueued once more later.
+        log.warning("could not note the send jobs of enqueued nudges", extra={"nudges": len(ids)})
     return len(batches)
 
 
