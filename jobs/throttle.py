@@ -24,16 +24,18 @@ from service.models import Channel
 from service.runtime import Runtime
 
 # KEYS[1]: the channel's next free slot, in microseconds on Redis' clock.
-# ARGV[1]: microseconds between slots. Returns how many microseconds the caller waits for its slot.
+# ARGV[1]: microseconds between slots, ARGV[2]: how far behind now the timeline may lag, so that slots
+# missed while senders were held up (a busy CPU) can be caught up on; the admission window still caps
+# every second. Returns how many microseconds the caller waits for its slot (0 or less: go now).
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
-if slot < now then slot = now end
-local ttl = math.floor((slot + interval - now) / 1000) + 60000
+if slot < now - tonumber(ARGV[2]) then slot = now - tonumber(ARGV[2]) end
+local ttl = math.floor(math.max(0, slot + interval - now) / 1000) + 60000
 redis.call('SET', KEYS[1], string.format('%.0f', slot + interval), 'PX', ttl)
-return string.format('%.0f', slot - now)
+return string.format('%.0f', math.max(0, slot - now))
 """
 
 # ARGV[1]: microseconds to hold the channel from now. Never moves the timeline earlier.
@@ -80,6 +82,8 @@ return {0, string.format('%.0f', tonumber(oldest[2]) + window - now + 1)}
 # The limiter aims just under the limit (1%, about 10 ms a second), so requests that take a little longer
 # on the way than their neighbours, or a provider clock that differs from Redis', cannot tip it over.
 HEADROOM = 0.99
+# Slots missed while senders were held up may be taken late, up to this long after they passed.
+CATCH_UP_US = 250_000
 
 
 def rate_for(runtime: Runtime, channel: Channel) -> float:
@@ -94,7 +98,8 @@ def rate_key(channel: Channel) -> str:
 def reserve(connection: Redis, channel: Channel, rate: float) -> float:
     """Reserve the next slot on `channel`; returns the seconds to wait until it (0 if it is now)."""
     interval_us = max(1, round(1_000_000 / (rate * HEADROOM)))
-    waited = _script(connection, _RESERVE)(keys=[rate_key(channel)], args=[interval_us], client=connection)
+    waited = _script(connection, _RESERVE)(keys=[rate_key(channel)], args=[interval_us, CATCH_UP_US],
+                                           client=connection)
     return int(waited) / 1_000_000
 
 
