@@ -19,6 +19,7 @@ import time
 from datetime import UTC, datetime
 from types import FrameType
 
+from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 from sqlalchemy import text
@@ -146,11 +147,22 @@ def _without_live_job(runtime: Runtime, candidates: list[tuple[int, str | None]]
     job_ids = sorted({job_id for _, job_id in candidates if job_id})
     try:
         jobs = Job.fetch_many(job_ids, connection=runtime.redis) if job_ids else []
-        live = {job.id for job in jobs if job is not None and job.get_status(refresh=False) in _LIVE_JOB_STATES}
+        waiting = {job_id for name in QUEUE_NAMES for job_id in Queue(name, connection=runtime.redis).get_job_ids()}
+        live = {job.id for job in jobs if job is not None and _will_run(job, waiting)}
     except Exception:
         log.exception("could not check send jobs in Redis; leaving queued nudges for the next pass")
         return []
     return [nudge_id for nudge_id, job_id in candidates if job_id not in live]
+
+
+def _will_run(job: Job, waiting: set[str]) -> bool:
+    status = job.get_status(refresh=False)
+    if status == JobStatus.QUEUED:
+        # Only while it is still in its queue: a worker killed between dequeuing a job and starting it leaves
+        # it `queued` in RQ's intermediate list, which RQ's own maintenance clears only minutes later
+        # (bench/faults.py, kill9). Running it twice is harmless: the claims keep each nudge to one send.
+        return job.id in waiting
+    return status in _LIVE_JOB_STATES
 
 
 def run_pass_now(now: datetime) -> dict[str, int | str]:
