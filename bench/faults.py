@@ -87,15 +87,17 @@ STALL_SECONDS = 18.0
 # RQ gives up on a job whose worker died once its execution TTL (the job timeout + 60 s) has passed.
 ABANDONED_JOB_AFTER = timedelta(seconds=SEND_JOB_TIMEOUT + 60)
 
-# Who the peak is made of, by partner number modulo 10 (nudges per ten partners: 10, of which 9 go out).
-GROUPS = {
-    0: "sms", 1: "sms", 2: "sms", 3: "sms",
-    4: "email", 5: "email",
-    6: "sms+email",
-    7: "sms opted out, email",
-    8: "sms, in quiet hours",
-    9: "unconfirmed",
-}
+_YES, _NO, _ASKED, _STOPPED = ConsentState.CONFIRMED, ConsentState.NONE, ConsentState.PENDING, ConsentState.OPTED_OUT
+# Who the peak is made of, by partner number modulo 10: (SMS, email, lives where it is night now).
+# Ten partners get ten prompts planned, nine to send: the night one is skipped, it would land in quiet hours.
+GROUPS: tuple[tuple[ConsentState, ConsentState, bool], ...] = (
+    (_YES, _NO, False), (_YES, _NO, False), (_YES, _NO, False), (_YES, _NO, False),  # texts only
+    (_NO, _YES, False), (_NO, _YES, False),  # email only
+    (_YES, _YES, False),  # both
+    (_STOPPED, _YES, False),  # opted out of texts, still on email
+    (_YES, _NO, True),  # in quiet hours now
+    (_ASKED, _ASKED, False),  # never confirmed
+)
 SENDABLE_PER_TEN = 9
 
 
@@ -126,15 +128,9 @@ def seed_peak(engine: Engine, cipher: Cipher, sendable: int, *, now: datetime) -
 
     def spec_for(index: int, position: int) -> PartnerSpec:
         number = 2 * index + position - 1
-        group = number % 10
+        sms, email, at_night = GROUPS[number % 10]
         due = t0 + timedelta(seconds=number % window)
-        confirmed, none, pending = ConsentState.CONFIRMED, ConsentState.NONE, ConsentState.PENDING
-        sms, email = {
-            0: (confirmed, none), 1: (confirmed, none), 2: (confirmed, none), 3: (confirmed, none),
-            4: (none, confirmed), 5: (none, confirmed), 6: (confirmed, confirmed),
-            7: (ConsentState.OPTED_OUT, confirmed), 8: (confirmed, none), 9: (pending, pending),
-        }[group]
-        if group == 8:
+        if at_night:
             return PartnerSpec(night, night_time, sms=sms, email=email, next_send_at=due)
         return PartnerSpec(day, day_time, sms=sms, email=email, next_send_at=due)
 
