@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -46,12 +47,33 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, ensure_ascii=False)
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (not the stream at start-up, which may be closed by then), and
+    on a failure reports only that logging failed: the standard handler would print the record's raw
+    arguments, phone numbers included."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):  # nowhere left to report it
+            sys.__stderr__.write(f"logging error in {record.name} (record withheld)\n")  # type: ignore[union-attr]
+
+
 def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     if any(getattr(h, "_closer", False) for h in root.handlers):
         root.setLevel(level)
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter())
     handler._closer = True  # type: ignore[attr-defined]
     root.addHandler(handler)
