@@ -109,16 +109,24 @@ class PrismPair:
         self.sendgrid.stop()
 
 
-def start_pair(twilio_args: list[str], sendgrid_args: list[str]) -> PrismPair:
-    """Start both at once (each takes a few seconds) and wait for both."""
-    pair = PrismPair(PrismProcess(twilio_args).start(), PrismProcess(sendgrid_args).start())
-    try:
-        pair.twilio.wait_ready()
-        pair.sendgrid.wait_ready()
-    except BaseException:
-        pair.stop()
-        raise
-    return pair
+def start_pair(twilio_args: list[str], sendgrid_args: list[str], *, attempts: int = 3) -> PrismPair:
+    """Start both at once (each takes a few seconds) and wait for both. A free port can be taken by another
+    process before Prism binds it, so a start that fails with EADDRINUSE is tried again on new ports."""
+    for attempt in range(1, attempts + 1):
+        pair = PrismPair(PrismProcess(twilio_args).start(), PrismProcess(sendgrid_args).start())
+        try:
+            pair.twilio.wait_ready()
+            pair.sendgrid.wait_ready()
+        except PrismUnavailable as exc:
+            pair.stop()
+            if "EADDRINUSE" not in str(exc) or attempt == attempts:
+                raise
+            continue
+        except BaseException:
+            pair.stop()
+            raise
+        return pair
+    raise AssertionError("unreachable")
 
 
 def start_mocks() -> PrismPair:
