@@ -83,7 +83,7 @@ return {0, string.format('%.0f', tonumber(oldest[2]) + window - now + 1)}
 # on the way than their neighbours, or a provider clock that differs from Redis', cannot tip it over.
 HEADROOM = 0.99
 # Slots missed while senders were held up may be taken late, up to this long after they passed.
-CATCH_UP_US = 250_000
+CATCH_UP_US = 1_000_000
 
 
 def rate_for(runtime: Runtime, channel: Channel) -> float:
