@@ -48,6 +48,7 @@ faults: $(STAMP) prism
 	$(BIN)/python -m bench.faults $(FAULTS_ARGS)
 
 bench: $(STAMP) prism
+	$(BIN)/pytest -m bench tests/bench
 	$(BIN)/python -m bench.dispatch
 	$(BIN)/python -m bench.webhooks
 

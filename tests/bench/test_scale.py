@@ -9,7 +9,8 @@ import pytest
 
 from bench import scale
 
-pytestmark = pytest.mark.slow
+# A run of the scale benchmark itself: its drains are timed, so it runs with `make bench`, not in the suite.
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 
 def test_scale_bench_measures_both_sizes_the_peak_and_the_drain(
