@@ -58,6 +58,7 @@ from service.domain.planner import sending_paused
 from service.providers import OutboundEmail, OutboundSms, ProviderError, SendResult
 from service.providers.transport import GateClosed, admission
 from service.runtime import Runtime, current_runtime
+from service.telemetry import count_nudge_outcomes
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +287,13 @@ def _executor(size: int) -> ThreadPoolExecutor:
         return _pool
 
 
+Label = tuple[str, str, str]  # (outcome, channel, kind), as /metrics labels a nudge outcome
+
+
+def _label(outcome: SendOutcome, plan: SendPlan) -> Label:
+    return outcome.value, plan.channel.value, plan.kind.value
+
+
 @job
 def send_batch(nudge_ids: list[int]) -> dict[str, int]:
     runtime = current_runtime()
@@ -296,11 +304,12 @@ def send_batch(nudge_ids: list[int]) -> dict[str, int]:
         plans = load_plans(session, nudge_ids, runtime.settings)
     gate = _Gate()
     concurrency = min(len(plans), max(1, runtime.settings.send_concurrency))
-    outcomes: Counter[str] = Counter()
+    outcomes: Counter[Label] = Counter()
     if concurrency <= 1:
         writer = _Direct(runtime.database)
         for plan in plans:
-            outcomes[send_one(runtime, plan, gate, writer).value] += 1
+            outcomes[_label(send_one(runtime, plan, gate, writer), plan)] += 1
+        count_nudge_outcomes(runtime, outcomes)
     else:
         ledger = _ledger(runtime.database)
         pool = _executor(max(1, runtime.settings.send_concurrency))
@@ -315,18 +324,23 @@ def send_batch(nudge_ids: list[int]) -> dict[str, int]:
             lane_outcomes, lane_errors = lane.result()
             outcomes.update(lane_outcomes)
             errors.extend(lane_errors)
+        # Every outcome counted here is committed already, whether or not the batch fails below.
+        count_nudge_outcomes(runtime, outcomes)
         if errors:
             # Every other nudge of the batch is settled; failing the job lets RQ retry the rest.
             log.error("send batch failed", extra={"errors": len(errors), "error": type(errors[0]).__name__})
             raise errors[0]
-    log.info("batch sent", extra={"nudges": len(nudge_ids), **{f"n_{k}": v for k, v in outcomes.items()}})
-    return dict(outcomes)
+    totals: Counter[str] = Counter()
+    for (outcome, _channel, _kind), amount in outcomes.items():
+        totals[outcome] += amount
+    log.info("batch sent", extra={"nudges": len(nudge_ids), **{f"n_{k}": v for k, v in totals.items()}})
+    return dict(totals)
 
 
 def _lane(
     runtime: Runtime, todo: SimpleQueue[SendPlan], gate: _Gate, writer: _Writer
-) -> tuple[Counter[str], list[BaseException]]:
-    outcomes: Counter[str] = Counter()
+) -> tuple[Counter[Label], list[BaseException]]:
+    outcomes: Counter[Label] = Counter()
     errors: list[BaseException] = []
     records: list[_Settled] = []
     while True:
@@ -335,7 +349,7 @@ def _lane(
         except Empty:
             break
         try:
-            outcomes[send_one(runtime, plan, gate, writer, records).value] += 1
+            outcomes[_label(send_one(runtime, plan, gate, writer, records), plan)] += 1
         except Exception as exc:
             errors.append(exc)
     for record in records:

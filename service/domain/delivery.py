@@ -102,6 +102,8 @@ class CallbackResult:
     nudge_id: int | None = None
     moved_to: NudgeStatus | None = None
     suppressed: bool = False
+    channel: str | None = None  # the nudge's, when the callback names one
+    kind: str | None = None
 
 
 def record_event_once(
@@ -178,7 +180,8 @@ def apply_twilio_status(
         reason = "settled by Twilio's status callback"
     moved = advance(session, nudge.id, target, now=now, provider_message_id=message_sid,
                     error_code=error_code, reason=reason)
-    return CallbackResult(fresh=True, nudge_id=nudge.id, moved_to=target if moved else None)
+    return CallbackResult(fresh=True, nudge_id=nudge.id, moved_to=target if moved else None,
+                          channel=str(nudge.channel), kind=str(nudge.kind))
 
 
 def apply_sendgrid_event(session: Session, event: dict[str, Any], now: datetime) -> CallbackResult:
@@ -218,7 +221,8 @@ def apply_sendgrid_event(session: Session, event: dict[str, Any], now: datetime)
                             action="bounced" if state is ConsentState.BOUNCED else "withdrawn",
                             source="provider", source_detail=f"sendgrid {kind}", now=now)
                 suppressed = True
-    return CallbackResult(fresh=True, nudge_id=nudge.id if nudge else None, moved_to=moved_to, suppressed=suppressed)
+    return CallbackResult(fresh=True, nudge_id=nudge.id if nudge else None, moved_to=moved_to, suppressed=suppressed,
+                          channel=str(nudge.channel) if nudge else None, kind=str(nudge.kind) if nudge else None)
 
 
 def _partners_by_email(session: Session, email: object) -> list[Partner]:

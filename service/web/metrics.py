@@ -6,19 +6,15 @@ Two kinds of numbers, each correct however many gunicorn workers (and RQ workers
   PROMETHEUS_MULTIPROC_DIR set (service/gunicorn_conf.py sets one), every worker writes its own file
   and a scrape of any worker sums them all.
 - Nudge outcomes and replies happen in RQ workers on other machines as much as in the web, so they
-  are counted in Redis, after the commit that recorded them, and read back at scrape time together
-  with live gauges (queue depths, the oldest job's age, failed jobs, workers, the kill switch, the
-  scheduler's last pass, nudges awaiting review). Code that records a nudge outcome calls
-  `count_nudges`; replies are counted by themselves when a log entry is committed.
+  are counted in Redis by `service.telemetry`, after the commit that recorded them, and read back at
+  scrape time together with live gauges (queue depths, the oldest job's age, failed jobs, workers,
+  the kill switch, the scheduler's last pass, nudges awaiting review).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
-import time
-from collections import Counter as Tally
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -29,12 +25,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import event, func, select
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import Session, UOWTransaction
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from service.models import Channel, LogEntry, Nudge
+from service.models import Nudge
 from service.runtime import Runtime, current_runtime, db_session, runtime_of
+from service.telemetry import EVENTS_KEY, install_reply_counter
 
 log = logging.getLogger(__name__)
 
@@ -43,94 +39,6 @@ bp = Blueprint("metrics", __name__)
 WEBHOOK_REQUESTS = Counter(
     "closer_webhook_requests", "Provider webhook requests, by route and response status.", ["endpoint", "status"]
 )
-
-EVENTS_KEY = "closer:metrics:events"
-# Label values are fixed sets, so a typo or a new value cannot explode the series count.
-NUDGE_OUTCOMES = frozenset({"sent", "delivered", "failed", "undelivered", "retry", "review", "cancelled", "skipped"})
-CHANNELS = frozenset(c.value for c in Channel)
-REDIS_BACKOFF_SECONDS = 30.0
-_PENDING_REPLIES = "closer_metric_replies"
-
-_engines: dict[Engine, str] = {}
-_clients: dict[str, redis_lib.Redis] = {}
-_lock = threading.Lock()
-_redis_down_until = 0.0
-
-
-# --- counting into Redis ------------------------------------------------------------------------
-
-
-def _client(url: str) -> redis_lib.Redis:
-    with _lock:
-        client = _clients.get(url)
-        if client is None:
-            # Short timeouts: a Redis outage must not slow a send down, only lose a few counts.
-            client = redis_lib.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-            _clients[url] = client
-        return client
-
-
-def _add(redis_url: str, fields: Mapping[str, int]) -> None:
-    global _redis_down_until
-    if not fields or time.monotonic() < _redis_down_until:
-        return
-    try:
-        with _client(redis_url).pipeline(transaction=False) as pipe:
-            for name, amount in fields.items():
-                pipe.hincrby(EVENTS_KEY, name, amount)
-            pipe.execute()
-    except redis_lib.RedisError:
-        _redis_down_until = time.monotonic() + REDIS_BACKOFF_SECONDS
-        log.warning("metrics not counted: Redis unavailable", extra={"events": sum(fields.values())})
-
-
-def count_nudges(runtime: Runtime, outcome: str, channel: str, kind: str, amount: int = 1) -> None:
-    """Count nudge outcomes; call after the commit that recorded them. Never raises."""
-    if amount <= 0 or outcome not in NUDGE_OUTCOMES or channel not in CHANNELS:
-        return
-    _add(runtime.redis_url, {f"nudges|{outcome}|{channel}|{kind[:32]}": amount})
-
-
-def count_nudge_outcomes(runtime: Runtime, counts: Mapping[tuple[str, str, str], int]) -> None:
-    """Count a batch's outcomes at once: keys are (outcome, channel, kind)."""
-    fields = {f"nudges|{outcome}|{channel}|{kind[:32]}": amount
-              for (outcome, channel, kind), amount in counts.items()
-              if amount > 0 and outcome in NUDGE_OUTCOMES and channel in CHANNELS}
-    _add(runtime.redis_url, fields)
-
-
-def _note_replies(session: Session, _flush: UOWTransaction) -> None:
-    """Replies are log entries, always inserted through the ORM: note them, to count if the commit happens."""
-    new = [obj.channel for obj in session.new if isinstance(obj, LogEntry)]
-    if new:
-        pending: Tally[str] = session.info.setdefault(_PENDING_REPLIES, Tally())
-        pending.update(new)
-
-
-def _publish_replies(session: Session) -> None:
-    pending: Tally[str] | None = session.info.pop(_PENDING_REPLIES, None)
-    if not pending:
-        return
-    bind = session.get_bind()
-    engine = bind.engine if isinstance(bind, Connection) else bind
-    url = _engines.get(engine) if isinstance(engine, Engine) else None
-    if url is not None:
-        _add(url, {f"replies|{channel}": n for channel, n in pending.items() if channel in CHANNELS})
-
-
-def _forget_replies(session: Session) -> None:
-    session.info.pop(_PENDING_REPLIES, None)
-
-
-def install_reply_counter(runtime: Runtime) -> None:
-    """Count replies committed through this runtime's database (idempotent)."""
-    with _lock:
-        _engines[runtime.database.engine] = runtime.redis_url
-    if not event.contains(Session, "after_flush", _note_replies):
-        event.listen(Session, "after_flush", _note_replies)
-        event.listen(Session, "after_commit", _publish_replies)
-        event.listen(Session, "after_rollback", _forget_replies)
-
 
 @bp.record_once
 def _wire(state: Any) -> None:

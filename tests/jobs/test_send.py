@@ -20,6 +20,7 @@ from service.runtime import Runtime
 from service.settings import Settings
 from tests.factories import make_couple
 from tests.support.fake_providers import FakeProviders
+from tests.support.metrics import counted
 from tests.support.sending import run_worker_burst, sdk_providers
 
 
@@ -57,6 +58,18 @@ def test_a_batch_sends_each_nudge_once_even_when_rq_runs_it_again(
     assert set(fake.sent_counts().values()) == {1} and len(fake.sent_counts()) == 8
     by_id = {r.nudge_id: r for r in fake.records()}
     assert all(n.provider_message_id == by_id[n.id].provider_id for n in nudges_of(db, couples))
+
+
+def test_each_send_is_counted_once_for_metrics(
+    db: Session, runtime: Runtime, fake: FakeProviders, use_providers: Callable[[Providers], None]
+) -> None:
+    use_providers(sdk_providers(runtime.settings, twilio_url=fake.url, sendgrid_url=fake.url))
+    before = {c: counted(runtime, "nudges", "sent", c, "prompt") for c in ("sms", "email")}
+    couples, now = due_couples(db, 2)
+    run_pass(runtime, now)
+    run_worker_burst(runtime.redis)
+    send_batch([n.id for n in nudges_of(db, couples)])  # RQ ran it again: nothing more is sent or counted
+    assert {c: counted(runtime, "nudges", "sent", c, "prompt") - before[c] for c in before} == {"sms": 4, "email": 4}
 
 
 def test_enqueue_makes_batches_and_each_nudge_remembers_its_job(

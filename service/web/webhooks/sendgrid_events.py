@@ -21,6 +21,7 @@ from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
 
 from service.domain.delivery import apply_sendgrid_event
 from service.runtime import current_runtime, db_session
+from service.telemetry import count_callback_outcomes
 from service.web.webhooks import bp
 
 log = logging.getLogger(__name__)
@@ -62,14 +63,17 @@ def sendgrid_events() -> ResponseReturnValue:
     session = db_session()
     now = datetime.now(UTC)
     counts = {"fresh": 0, "repeated": 0, "suppressed": 0}
+    results = []
     for event in events:
         try:
             result = apply_sendgrid_event(session, event, now)
         except ValueError as exc:
             session.rollback()
             abort(400, str(exc))
+        results.append(result)
         counts["fresh" if result.fresh else "repeated"] += 1
         counts["suppressed"] += int(result.suppressed)
     session.commit()
+    count_callback_outcomes(current_runtime(), results)
     log.info("sendgrid events", extra=counts)
     return "", 204

@@ -19,6 +19,7 @@ from twilio.request_validator import RequestValidator
 from service.domain.delivery import TWILIO_STATUSES, apply_twilio_status
 from service.runtime import current_runtime, db_session
 from service.settings import Settings
+from service.telemetry import count_callback_outcomes
 from service.web.webhooks import bp
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ def twilio_status() -> ResponseReturnValue:
     result = apply_twilio_status(session, message_sid=sid, status=status, error_code=error_code,
                                  nudge_hint=int(hint) if hint else None, now=datetime.now(UTC))
     session.commit()
+    count_callback_outcomes(current_runtime(), [result])
     if result.fresh:
         log.info("twilio status", extra={"nudge_id": result.nudge_id, "status": status, "code": error_code,
                                          "moved": result.moved_to.value if result.moved_to else None})

@@ -20,12 +20,12 @@ from rq import Queue
 from sqlalchemy.orm import Session
 
 from jobs.runtime import QUEUE_HIGH, QUEUE_SEND
+from service import telemetry
 from service.domain.planner import LAST_PASS_FLAG, SENDING_PAUSED_FLAG
 from service.migrations import upgrade
 from service.models import ControlFlag, LogEntry, Nudge, NudgeKind, NudgeStatus
 from service.runtime import Runtime
 from service.settings import PROJECT_ROOT, Settings
-from service.web import metrics
 from tests.factories import make_couple
 
 REPO = PROJECT_ROOT
@@ -77,12 +77,12 @@ def test_live_gauges(client: FlaskClient, runtime: Runtime, db: Session) -> None
 
 
 def test_nudge_outcomes_are_counted_in_redis_for_every_process(client: FlaskClient, runtime: Runtime) -> None:
-    metrics.count_nudges(runtime, "sent", "sms", "prompt")
-    metrics.count_nudges(runtime, "sent", "sms", "prompt", 2)
-    metrics.count_nudge_outcomes(runtime, {("failed", "email", "prompt"): 1, ("sent", "email", "confirmation"): 4})
+    telemetry.count_nudges(runtime, "sent", "sms", "prompt")
+    telemetry.count_nudges(runtime, "sent", "sms", "prompt", 2)
+    telemetry.count_nudge_outcomes(runtime, {("failed", "email", "prompt"): 1, ("sent", "email", "confirmation"): 4})
     # Unknown outcomes and channels are dropped rather than becoming new series.
-    metrics.count_nudges(runtime, "exploded", "sms", "prompt")
-    metrics.count_nudges(runtime, "sent", "pigeon", "prompt")
+    telemetry.count_nudges(runtime, "exploded", "sms", "prompt")
+    telemetry.count_nudges(runtime, "sent", "pigeon", "prompt")
     samples = scrape(client)
     outcome = "closer_nudge_outcomes_total"
     assert value(samples, outcome, outcome="sent", channel="sms", kind="prompt") == 3
@@ -120,7 +120,7 @@ def test_webhook_requests_are_counted_by_route_and_status(client: FlaskClient) -
 
 def test_metrics_answer_when_redis_is_down(client: FlaskClient, runtime: Runtime,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(metrics, "_redis_down_until", 0.0)
+    monkeypatch.setattr(telemetry, "_redis_down_until", 0.0)
     original = runtime._redis
     runtime._redis = redis_lib.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     try:
@@ -135,13 +135,13 @@ def test_metrics_answer_when_redis_is_down(client: FlaskClient, runtime: Runtime
 
 def test_counting_never_raises_and_backs_off_when_redis_is_down(runtime: Runtime,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(metrics, "_redis_down_until", 0.0)
+    monkeypatch.setattr(telemetry, "_redis_down_until", 0.0)
     unreachable = Runtime(settings=runtime.settings, database=runtime.database, redis_url="redis://127.0.0.1:1/0",
                           providers=runtime.providers, programs=runtime.programs)
-    metrics.count_nudges(unreachable, "sent", "sms", "prompt")
-    assert metrics._redis_down_until > time.monotonic()
+    telemetry.count_nudges(unreachable, "sent", "sms", "prompt")
+    assert telemetry._redis_down_until > time.monotonic()
     # While backing off it does not even try: the same call is free.
-    metrics.count_nudges(unreachable, "sent", "sms", "prompt")
+    telemetry.count_nudges(unreachable, "sent", "sms", "prompt")
 
 
 # --- several gunicorn workers -------------------------------------------------------------------

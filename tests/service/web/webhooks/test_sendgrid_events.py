@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from service.models import Channel, ConsentRecord, ConsentState, DeliveryEvent, Nudge, NudgeStatus, Partner
 from service.runtime import Runtime
 from tests.factories import make_couple, make_sent_prompt
+from tests.support.metrics import counted
 
 PATH = "/webhooks/sendgrid/events"
 
@@ -70,6 +71,16 @@ def test_delivered_is_recorded_once(client: FlaskClient, db: Session, signing_ke
     db.refresh(nudge)
     assert nudge.status == NudgeStatus.DELIVERED
     assert db.scalar(select(func.count(DeliveryEvent.id))) == 2
+
+
+def test_a_bounce_is_counted_once_for_metrics(client: FlaskClient, db: Session, runtime: Runtime,
+                                              signing_key: ec.EllipticCurvePrivateKey, verifying: None) -> None:
+    nudge = email_prompt(db)
+    before = counted(runtime, "nudges", "undelivered", "email", "prompt")
+    bounce = event(nudge, "bounce")
+    assert post_signed(client, signing_key, [bounce]) == 204
+    assert post_signed(client, signing_key, [bounce]) == 204
+    assert counted(runtime, "nudges", "undelivered", "email", "prompt") == before + 1
 
 
 @pytest.mark.parametrize(("kind", "state", "status"), [

@@ -12,8 +12,10 @@ from sqlalchemy.orm import Session
 from twilio.request_validator import RequestValidator
 
 from service.models import DeliveryEvent, Nudge, NudgeKind, NudgeStatus
+from service.runtime import Runtime
 from service.settings import Settings
 from tests.factories import make_couple, make_sent_prompt
+from tests.support.metrics import counted
 
 PATH = "/webhooks/twilio/status"
 
@@ -44,6 +46,16 @@ def test_delivered_is_recorded_once(client: FlaskClient, db: Session, settings: 
     db.refresh(nudge)
     assert nudge.status == NudgeStatus.DELIVERED and nudge.delivered_at is not None
     assert events(db) == 1
+
+
+def test_a_delivery_is_counted_once_for_metrics(client: FlaskClient, db: Session, settings: Settings,
+                                                runtime: Runtime) -> None:
+    nudge = make_sent_prompt(db, make_couple(db).partners[0])
+    before = counted(runtime, "nudges", "delivered", "sms", "prompt")
+    for _ in range(2):
+        assert post_signed(client, settings, callback(nudge, "delivered")) == 204
+    assert post_signed(client, settings, callback(nudge, "sent")) == 204, "late: moves nothing, counts nothing"
+    assert counted(runtime, "nudges", "delivered", "sms", "prompt") == before + 1
 
 
 def test_a_late_or_repeated_callback_never_moves_a_nudge_backwards(

@@ -1,0 +1,119 @@
+"""Counts of what happened, kept in Redis so every process (web workers, RQ workers, the scheduler)
+adds to the same numbers and `/metrics` reads them back at scrape time.
+
+Counting happens after the commit that recorded the event, and never raises: a Redis outage loses a
+few counts (and backs off for a while) rather than slowing a send or failing a request. Label values
+come from fixed sets so a typo or an unexpected value cannot multiply the series.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Iterable, Mapping
+
+import redis as redis_lib
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session, UOWTransaction
+
+from service.domain.delivery import CallbackResult
+from service.models import Channel, LogEntry
+from service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+EVENTS_KEY = "closer:metrics:events"
+NUDGE_OUTCOMES = frozenset({"sent", "delivered", "failed", "undelivered", "retry", "review", "cancelled", "skipped"})
+CHANNELS = frozenset(c.value for c in Channel)
+REDIS_BACKOFF_SECONDS = 30.0
+_PENDING_REPLIES = "closer_metric_replies"
+
+_engines: dict[Engine, str] = {}
+_clients: dict[str, redis_lib.Redis] = {}
+_lock = threading.Lock()
+_redis_down_until = 0.0
+
+
+def _client(url: str) -> redis_lib.Redis:
+    with _lock:
+        client = _clients.get(url)
+        if client is None:
+            # Short timeouts: a Redis outage must not slow a send down, only lose a few counts.
+            client = redis_lib.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+            _clients[url] = client
+        return client
+
+
+def _add(redis_url: str, fields: Mapping[str, int]) -> None:
+    global _redis_down_until
+    if not fields or time.monotonic() < _redis_down_until:
+        return
+    try:
+        with _client(redis_url).pipeline(transaction=False) as pipe:
+            for name, amount in fields.items():
+                pipe.hincrby(EVENTS_KEY, name, amount)
+            pipe.execute()
+    except redis_lib.RedisError:
+        _redis_down_until = time.monotonic() + REDIS_BACKOFF_SECONDS
+        log.warning("metrics not counted: Redis unavailable", extra={"events": sum(fields.values())})
+
+
+def count_nudges(runtime: Runtime, outcome: str, channel: str, kind: str, amount: int = 1) -> None:
+    """Count nudge outcomes; call after the commit that recorded them. Never raises."""
+    if amount <= 0 or outcome not in NUDGE_OUTCOMES or channel not in CHANNELS:
+        return
+    _add(runtime.redis_url, {f"nudges|{outcome}|{channel}|{kind[:32]}": amount})
+
+
+def count_nudge_outcomes(runtime: Runtime, counts: Mapping[tuple[str, str, str], int]) -> None:
+    """Count a batch's outcomes at once: keys are (outcome, channel, kind)."""
+    fields = {f"nudges|{outcome}|{channel}|{kind[:32]}": amount
+              for (outcome, channel, kind), amount in counts.items()
+              if amount > 0 and outcome in NUDGE_OUTCOMES and channel in CHANNELS}
+    _add(runtime.redis_url, fields)
+
+
+def _note_replies(session: Session, _flush: UOWTransaction) -> None:
+    """Replies are log entries, always inserted through the ORM: note them, to count if the commit happens."""
+    new = [obj.channel for obj in session.new if isinstance(obj, LogEntry)]
+    if new:
+        pending: Tally[str] = session.info.setdefault(_PENDING_REPLIES, Tally())
+        pending.update(new)
+
+
+def _publish_replies(session: Session) -> None:
+    pending: Tally[str] | None = session.info.pop(_PENDING_REPLIES, None)
+    if not pending:
+        return
+    bind = session.get_bind()
+    engine = bind.engine if isinstance(bind, Connection) else bind
+    url = _engines.get(engine) if isinstance(engine, Engine) else None
+    if url is not None:
+        _add(url, {f"replies|{channel}": n for channel, n in pending.items() if channel in CHANNELS})
+
+
+def _forget_replies(session: Session) -> None:
+    session.info.pop(_PENDING_REPLIES, None)
+
+
+def install_reply_counter(runtime: Runtime) -> None:
+    """Count replies committed through this runtime's database (idempotent)."""
+    with _lock:
+        _engines[runtime.database.engine] = runtime.redis_url
+    if not event.contains(Session, "after_flush", _note_replies):
+        event.listen(Session, "after_flush", _note_replies)
+        event.listen(Session, "after_commit", _publish_replies)
+        event.listen(Session, "after_rollback", _forget_replies)
+
+
+
+def count_callback_outcomes(runtime: Runtime, results: Iterable[CallbackResult]) -> None:
+    """Count the nudges that provider callbacks moved forward (after their commit)."""
+    counts: Tally[tuple[str, str, str]] = Tally(
+        (r.moved_to.value, r.channel, r.kind) for r in results
+        if r.moved_to is not None and r.channel is not None and r.kind is not None
+    )
+    count_nudge_outcomes(runtime, counts)
