@@ -38,7 +38,7 @@ from service.domain.planner import (
     stale_queued,
 )
 from service.domain.reveal import plan_reply_reminders
-from service.domain.signup import plan_confirmation_reminders
+from service.domain.signup import expire_unconfirmed_signups, plan_confirmation_reminders
 from service.models import NudgeStatus
 from service.runtime import Runtime, current_runtime
 
@@ -92,6 +92,7 @@ def _run_pass_locked(runtime: Runtime, now: datetime) -> dict[str, int | str]:
         if len(released) < BATCH:
             break
     with database.transaction() as session:
+        expired_signups = expire_unconfirmed_signups(session, now)
         report.to_enqueue.extend(plan_confirmation_reminders(
             session, settings=runtime.settings, programs=runtime.programs, now=now).nudge_ids)
         reply_reminders = plan_reply_reminders(session, settings=runtime.settings, programs=runtime.programs,
@@ -105,7 +106,8 @@ def _run_pass_locked(runtime: Runtime, now: datetime) -> dict[str, int | str]:
         requeue(session, lost, now, report)
         mark_stale_sending_for_review(session, now, report)
     enqueued += _enqueue(runtime, report)
-    return {"status": "ok", **report.as_dict(), "enqueued": enqueued, "spooled_replies": spooled}
+    return {"status": "ok", **report.as_dict(), "enqueued": enqueued, "spooled_replies": spooled,
+            "expired_signups": expired_signups}
 
 
 def _drain_inbound_spool(runtime: Runtime) -> int:

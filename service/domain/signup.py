@@ -17,7 +17,7 @@ from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from markupsafe import escape
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from service.domain import links
@@ -25,7 +25,7 @@ from service.domain.consent import DISCLOSURE_VERSION, set_consent
 from service.domain.enrollment import pending_enrollment
 from service.domain.outbound import unsubscribe_url
 from service.domain.scheduling import in_quiet_hours, resolve_local
-from service.domain.tokens import make_token
+from service.domain.tokens import CONFIRM_MAX_AGE, make_token
 from service.models import (
     Channel,
     ConsentState,
@@ -50,6 +50,8 @@ MAX_NAME_CHARS = 30  # texts shorten names past 20 characters when they would ov
 REMINDER_DELAYS = (timedelta(days=1), timedelta(days=2))
 MAX_REMINDERS = len(REMINDER_DELAYS)
 CAP_WINDOW = timedelta(days=1)
+# The confirmation links' own lifetime: past it a signup can no longer be confirmed by link.
+SIGNUP_EXPIRES_AFTER = timedelta(seconds=CONFIRM_MAX_AGE)
 # Messages that were never handed to a provider cost nothing and do not count against the cap.
 _UNSENT = (NudgeStatus.CANCELLED, NudgeStatus.SKIPPED)
 _CONFIRMATION_KINDS = (NudgeKind.CONFIRMATION, NudgeKind.CONFIRMATION_REMINDER)
@@ -373,6 +375,36 @@ def plan_confirmation_reminders(
         report.nudge_ids.extend(n.id for n in nudges if n.status == NudgeStatus.QUEUED)
     session.flush()
     return report
+
+
+def expire_unconfirmed_signups(session: Session, now: datetime, *, limit: int = 1000) -> int:
+    """Close signups still waiting for a partner once their confirmation links have expired.
+
+    After CONFIRM_MAX_AGE nobody can confirm by link any more, so the enrollment is cancelled, its
+    unsent confirmations with it, and the reminders stop. The partners' rows and consent history stay
+    (an opt-out must keep being honoured); a later YES starts nothing, and the couple signs up again.
+    Reads pending enrollments only, through the (status, program_key) index.
+    """
+    expired = session.scalars(
+        select(Enrollment)
+        .where(Enrollment.status == EnrollmentStatus.PENDING, Enrollment.created_at < now - SIGNUP_EXPIRES_AFTER)
+        .order_by(Enrollment.id).limit(limit).with_for_update(skip_locked=True)
+    ).all()
+    for enrollment in expired:
+        enrollment.status, enrollment.ended_at = EnrollmentStatus.CANCELLED, now
+        for partner in enrollment.couple.partners:
+            partner.confirm_reminder_due_at = None
+            session.execute(
+                update(Nudge)
+                .where(Nudge.enrollment_id == enrollment.id, Nudge.partner_id == partner.id,
+                       Nudge.kind.in_(_CONFIRMATION_KINDS),
+                       Nudge.status.in_([NudgeStatus.SCHEDULED, NudgeStatus.QUEUED]))
+                .values(status=NudgeStatus.CANCELLED, status_reason="signup expired unconfirmed")
+            )
+    if expired:
+        log.info("unconfirmed signups expired", extra={"enrollments": len(expired)})
+    session.flush()
+    return len(expired)
 
 
 def _reminders_sent(session: Session, partner: Partner, enrollment: Enrollment) -> int:

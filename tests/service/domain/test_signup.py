@@ -18,11 +18,13 @@ from jobs.send import send_batch
 from service.domain.consent import DISCLOSURE_VERSION
 from service.domain.enrollment import confirm_channel
 from service.domain.signup import (
+    SIGNUP_EXPIRES_AFTER,
     PartnerRequest,
     SignupBlocked,
     SignupError,
     SignupRequest,
     confirmation_sms,
+    expire_unconfirmed_signups,
     plan_confirmation_reminders,
     sign_up,
 )
@@ -251,6 +253,28 @@ def test_two_gentle_reminders_then_silence(db: Session, runtime: Runtime) -> Non
     assert {n.step_day for n in confirmations(db, invited, NudgeKind.CONFIRMATION_REMINDER)} == {1, 2}
     assert remind(NOW + timedelta(days=5)) == [] and remind(NOW + timedelta(days=30)) == []
     assert invited.confirm_reminder_due_at is None
+
+
+def test_a_signup_nobody_confirmed_expires_with_its_links(db: Session, runtime: Runtime) -> None:
+    waiting = do_sign_up(db, runtime, request_for(signer_phone=next_phone(), invited_phone=next_phone()))
+    started = do_sign_up(db, runtime, request_for(signer_phone=next_phone(), invited_phone=next_phone()))
+    for partner in started.couple.partners:
+        for channel in (Channel.SMS, Channel.EMAIL):
+            confirm_channel(db, partner, channel, source="sms", source_detail="SMtest", now=NOW)
+    signer, invited = waiting.couple.partners
+    confirm_channel(db, signer, Channel.SMS, source="sms", source_detail="SMtest", now=NOW)
+
+    expire_unconfirmed_signups(db, NOW + SIGNUP_EXPIRES_AFTER - timedelta(minutes=1))
+    assert waiting.enrollment.status == EnrollmentStatus.PENDING, "the links still work: nothing expires yet"
+    assert expire_unconfirmed_signups(db, NOW + SIGNUP_EXPIRES_AFTER + timedelta(minutes=1)) >= 1
+    assert waiting.enrollment.status == EnrollmentStatus.CANCELLED and waiting.enrollment.ended_at is not None
+    assert started.enrollment.status == EnrollmentStatus.ACTIVE
+    unsent = [n for n in confirmations(db, invited, NudgeKind.CONFIRMATION) if n.status != NudgeStatus.CANCELLED]
+    assert unsent == [] and invited.confirm_reminder_due_at is None
+    assert invited.consent(Channel.SMS) is ConsentState.PENDING, "the consent history is kept as it was"
+    later = NOW + timedelta(days=30)
+    assert plan_confirmation_reminders(db, settings=runtime.settings, programs=runtime.programs,
+                                       now=later).nudge_ids == []
 
 
 def test_reminders_wait_for_the_end_of_quiet_hours(db: Session, runtime: Runtime) -> None:
