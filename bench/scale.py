@@ -40,7 +40,7 @@ from typing import Any
 
 import psutil
 from cryptography.fernet import Fernet
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine, make_url
 
 from bench.common import ROOT, scratch_database
@@ -51,7 +51,7 @@ from service.crypto import Cipher
 from service.db import make_engine
 from service.domain.scheduling import zone
 from service.migrations import upgrade
-from service.models import ConsentState
+from service.models import ConsentState, Nudge
 from service.redis_runtime import start_embedded_redis
 from service.runtime import runtime_of
 from service.settings import Settings
@@ -290,13 +290,26 @@ class Bench:
                 before, deadline = self.sent(), time.monotonic() + 60
                 while self.sent() < before + 2 * self.args.workers and time.monotonic() < deadline:
                     time.sleep(0.2)
-                first, started = self.sent(), time.monotonic()
+                started = datetime.now(UTC)
                 time.sleep(seconds)
-                done, elapsed = self.sent() - first, time.monotonic() - started
             finally:
                 processes.stop_all()
                 fake.stop()
-        return done / elapsed
+        return self.send_rate_since(started)
+
+    def send_rate_since(self, started: datetime) -> float:
+        """Sends per second between the first and the last send recorded since `started`.
+
+        Timed by the sends themselves, not by the sample's length: without a rate limit the workers may
+        empty the queue before the sample ends, and idle seconds after that are not a slower drain.
+        """
+        with self.engine.connect() as conn:
+            count, first, last = conn.execute(
+                select(func.count(), func.min(Nudge.sent_at), func.max(Nudge.sent_at)).where(Nudge.sent_at >= started)
+            ).one()
+        if count < 2 or first is None or last is None or last <= first:
+            return 0.0
+        return float(count - 1) / (last - first).total_seconds()
 
     def drain(self) -> None:
         seconds = self.args.drain_seconds
