@@ -17,11 +17,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Insert, select, text, update
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import Insert, Integer, any_, bindparam, cast, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from service.db import affected_rows
 from service.domain.scheduling import (
@@ -62,12 +64,6 @@ _OCCUPYING = (NudgeStatus.SCHEDULED, NudgeStatus.QUEUED, NudgeStatus.SENDING, Nu
               NudgeStatus.DELIVERED)
 
 
-_PLANNER_PARTNER_COLUMNS = (
-    Partner.timezone, Partner.preferred_time, Partner.quiet_start, Partner.quiet_end, Partner.sms_consent,
-    Partner.email_consent, Partner.paused_until,
-)
-
-
 @dataclass
 class PassReport:
     created: int = 0
@@ -91,6 +87,42 @@ def sending_paused(session: Session) -> bool:
     return flag is not None and flag.value == "1"
 
 
+@dataclass(slots=True)
+class _Due:
+    """One due schedule as the planner reads and changes it: a plain row, not an ORM object, so a batch's
+    changes are written back in one statement instead of one UPDATE per schedule."""
+
+    id: int
+    enrollment_id: int
+    partner_id: int
+    next_day: int
+    first_local_date: date | None
+    next_send_at: datetime | None
+    last_sent_local_date: date | None
+    # The partner's clock and consent (never who they are: names and tokens stay encrypted and unread).
+    timezone: str
+    preferred_time: time
+    quiet_start: time
+    quiet_end: time
+    sms_consent: str
+    email_consent: str
+    paused_until: datetime | None
+    enrollment_status: str
+    program_key: str
+
+    def consent(self, channel: Channel) -> ConsentState:
+        return ConsentState(self.sms_consent if channel is Channel.SMS else self.email_consent)
+
+
+_DUE_COLUMNS = (
+    PartnerSchedule.id, PartnerSchedule.enrollment_id, PartnerSchedule.partner_id, PartnerSchedule.next_day,
+    PartnerSchedule.first_local_date, PartnerSchedule.next_send_at, PartnerSchedule.last_sent_local_date,
+    Partner.timezone, Partner.preferred_time, Partner.quiet_start, Partner.quiet_end, Partner.sms_consent,
+    Partner.email_consent, Partner.paused_until, Enrollment.status.label("enrollment_status"),
+    Enrollment.program_key,
+)
+
+
 @dataclass
 class _Batch:
     programs: ProgramLibrary
@@ -98,26 +130,25 @@ class _Batch:
     report: PassReport
     busy_days: set[tuple[int, date]]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    finishing: list[_Due] = field(default_factory=list)  # schedules this batch closed
 
 
 def plan_due_steps(
     session: Session, programs: ProgramLibrary, now: datetime, report: PassReport, *, limit: int = 1000
 ) -> int:
-    """Turn up to `limit` due schedules into nudges; returns how many schedules it handled."""
-    schedules = session.scalars(
-        select(PartnerSchedule)
+    """Turn up to `limit` due schedules into nudges; returns how many schedules it handled.
+
+    Reads the due schedules (locked, skipping any another pass holds) with their partner's clock in one
+    query, plans them in memory, then writes every schedule back in one set-based UPDATE."""
+    schedules = [_Due(**row._asdict()) for row in session.execute(
+        select(*_DUE_COLUMNS)
+        .join(Partner, Partner.id == PartnerSchedule.partner_id)
+        .join(Enrollment, Enrollment.id == PartnerSchedule.enrollment_id)
         .where(PartnerSchedule.next_send_at <= now)
         .order_by(PartnerSchedule.next_send_at)
         .limit(limit)
         .with_for_update(skip_locked=True, of=PartnerSchedule)
-        .options(
-            # The planner needs when and where, never who: names and tokens stay encrypted and unread.
-            selectinload(PartnerSchedule.partner).load_only(*_PLANNER_PARTNER_COLUMNS),
-            selectinload(PartnerSchedule.enrollment).load_only(Enrollment.status, Enrollment.program_key,
-                                                                Enrollment.ended_at)
-            .selectinload(Enrollment.schedules).load_only(PartnerSchedule.next_send_at),
-        )
-    ).all()
+    )]
     if not schedules:
         return 0
     batch = _Batch(programs, now, report, _busy_days(session, schedules))
@@ -129,18 +160,26 @@ def plan_due_steps(
             log.error("schedule parked", extra={"schedule_id": schedule.id, "reason": type(exc).__name__})
             schedule.next_send_at = None
             report.parked += 1
-    session.flush()
+    update_schedules(session, schedules)
+    _complete_enrollments(session, batch)
     report.to_enqueue.extend(insert_nudges(session, batch.rows))
     return len(schedules)
 
 
-def _busy_days(session: Session, schedules: Sequence[PartnerSchedule]) -> set[tuple[int, date]]:
+def _id_in(session: Session, column: Any, ids: list[int]) -> Any:
+    """`column IN ids`; on PostgreSQL as `= ANY(array)`: one parameter however many ids."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(cast(bindparam(None, ids, type_=ARRAY(Integer)), ARRAY(Integer)))
+    return column.in_(ids)
+
+
+def _busy_days(session: Session, schedules: Sequence[_Due]) -> set[tuple[int, date]]:
     """(partner, local day) pairs that already hold a scheduled message, from any enrollment."""
-    partners = {s.partner_id: s.partner for s in schedules}
+    partners = {s.partner_id: s for s in schedules}
     due = [s.next_send_at for s in schedules if s.next_send_at is not None]
     rows = session.execute(
         select(Nudge.partner_id, Nudge.scheduled_for).where(
-            Nudge.partner_id.in_(list(partners)),
+            _id_in(session, Nudge.partner_id, list(partners)),
             Nudge.kind.in_(list(SCHEDULED_KINDS)),
             Nudge.status.in_(list(_OCCUPYING)),
             Nudge.scheduled_for >= min(due) - timedelta(days=2),
@@ -156,12 +195,12 @@ def _busy_days(session: Session, schedules: Sequence[PartnerSchedule]) -> set[tu
     return busy
 
 
-def _plan_one(batch: _Batch, schedule: PartnerSchedule) -> None:
-    enrollment, partner, now = schedule.enrollment, schedule.partner, batch.now
-    if enrollment.status != EnrollmentStatus.ACTIVE or enrollment.program_key not in batch.programs:
+def _plan_one(batch: _Batch, schedule: _Due) -> None:
+    partner, now = schedule, batch.now
+    if schedule.enrollment_status != EnrollmentStatus.ACTIVE or schedule.program_key not in batch.programs:
         schedule.next_send_at = None
         return
-    program = batch.programs.get(enrollment.program_key)
+    program = batch.programs.get(schedule.program_key)
     zone(partner.timezone)
     while schedule.next_send_at is not None and schedule.next_send_at <= now:
         due_at = schedule.next_send_at
@@ -173,12 +212,12 @@ def _plan_one(batch: _Batch, schedule: PartnerSchedule) -> None:
             _finish(batch, schedule, channels, due_at)
             return
         paused = partner.paused_until is not None and partner.paused_until > now
-        if paused or (partner.id, due_local) in batch.busy_days:
+        if paused or (schedule.partner_id, due_local) in batch.busy_days:
             resume = (
                 first_local_date_after(partner, partner.paused_until)
                 if paused and partner.paused_until is not None else due_local
             )
-            _move_to(schedule, partner, max(resume, due_local + timedelta(days=1)), due_local)
+            _move_to(schedule, max(resume, due_local + timedelta(days=1)), due_local)
             batch.report.deferred += 1
             continue
         overdue = now - due_at >= OVERDUE_AFTER
@@ -196,7 +235,7 @@ def _plan_one(batch: _Batch, schedule: PartnerSchedule) -> None:
                 batch.report.created += 1
             if channels:
                 schedule.last_sent_local_date = due_local
-                batch.busy_days.add((partner.id, due_local))
+                batch.busy_days.add((schedule.partner_id, due_local))
         schedule.next_day += 1
         if schedule.next_day > program.days:
             invite_at = send_instant(partner, due_local + timedelta(days=1))
@@ -208,29 +247,86 @@ def _plan_one(batch: _Batch, schedule: PartnerSchedule) -> None:
             return
 
 
-def _move_to(schedule: PartnerSchedule, partner: Any, day: date, due_local: date) -> None:
+def _move_to(schedule: _Due, day: date, due_local: date) -> None:
     """Hold the program where it is: the same step moves to local `day`, and later steps with it."""
     assert schedule.first_local_date is not None
     schedule.first_local_date += day - due_local
-    schedule.next_send_at = send_instant(partner, day)
+    schedule.next_send_at = send_instant(schedule, day)
 
 
-def _finish(batch: _Batch, schedule: PartnerSchedule, channels: list[Channel], invite_at: datetime) -> None:
+def _finish(batch: _Batch, schedule: _Due, channels: list[Channel], invite_at: datetime) -> None:
     """The last step is planned: close this schedule and invite the partner to a next program."""
-    program = batch.programs.get(schedule.enrollment.program_key)
+    program = batch.programs.get(schedule.program_key)
     schedule.next_send_at = None
     for channel in channels:
         batch.rows.append(_row(schedule, NudgeKind.PROGRAM_COMPLETE, program.days + 1, channel, invite_at,
                                NudgeStatus.SCHEDULED, "invitation to a next program", None))
         batch.report.invited += 1
-    enrollment = schedule.enrollment
-    if enrollment.status == EnrollmentStatus.ACTIVE and all(s.next_send_at is None for s in enrollment.schedules):
-        enrollment.status, enrollment.ended_at = EnrollmentStatus.COMPLETED, batch.now
-        batch.report.completed += 1
+    if schedule.enrollment_status == EnrollmentStatus.ACTIVE:
+        batch.finishing.append(schedule)
+
+
+_SCHEDULE_COLUMNS = ("next_day", "first_local_date", "next_send_at", "last_sent_local_date")
+# One statement for a whole batch on PostgreSQL: the rows travel as one array per column.
+_PG_UPDATE_SCHEDULES = text(
+    "UPDATE partner_schedules AS s SET next_day = v.next_day, first_local_date = v.first_local_date, "
+    "next_send_at = v.next_send_at, last_sent_local_date = v.last_sent_local_date "
+    "FROM unnest(CAST(:id AS integer[]), CAST(:next_day AS integer[]), CAST(:first_local_date AS date[]), "
+    "CAST(:next_send_at AS timestamptz[]), CAST(:last_sent_local_date AS date[])) "
+    "AS v(id, next_day, first_local_date, next_send_at, last_sent_local_date) WHERE s.id = v.id"
+)
+
+
+def update_schedules(session: Session, schedules: Sequence[_Due]) -> None:
+    """Write the planned schedules back: one UPDATE ... FROM unnest on PostgreSQL, else an executemany
+    by primary key. Any of them the session already holds are expired, so they read the new values."""
+    if not schedules:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_PG_UPDATE_SCHEDULES, {
+            "id": [s.id for s in schedules],
+            **{name: [getattr(s, name) for s in schedules] for name in _SCHEDULE_COLUMNS},
+        })
+    else:
+        session.execute(update(PartnerSchedule), [
+            {"id": s.id, **{name: getattr(s, name) for name in _SCHEDULE_COLUMNS}} for s in schedules
+        ], execution_options={"synchronize_session": False})
+    _expire(session, PartnerSchedule, [s.id for s in schedules])
+
+
+def _complete_enrollments(session: Session, batch: _Batch) -> None:
+    """An enrollment is complete once every partner's schedule is closed (this batch's writes included)."""
+    enrollment_ids = sorted({s.enrollment_id for s in batch.finishing})
+    if not enrollment_ids:
+        return
+    still_open = set(session.scalars(
+        select(PartnerSchedule.enrollment_id).where(
+            _id_in(session, PartnerSchedule.enrollment_id, enrollment_ids), PartnerSchedule.next_send_at.is_not(None))
+    ))
+    done = [i for i in enrollment_ids if i not in still_open]
+    if not done:
+        return
+    result = session.execute(
+        update(Enrollment).where(_id_in(session, Enrollment.id, done), Enrollment.status == EnrollmentStatus.ACTIVE)
+        .values(status=EnrollmentStatus.COMPLETED, ended_at=batch.now),
+        execution_options={"synchronize_session": False},
+    )
+    batch.report.completed += affected_rows(result)
+    _expire(session, Enrollment, done)
+
+
+def _expire(session: Session, model: type[Any], ids: Sequence[int]) -> None:
+    """Objects of `model` this session already holds would still show what a set-based UPDATE replaced."""
+    if not len(session.identity_map):
+        return  # a pass's own session holds none
+    for object_id in ids:
+        obj = session.identity_map.get(identity_key(model, object_id))
+        if obj is not None:
+            session.expire(obj)
 
 
 def _row(
-    schedule: PartnerSchedule, kind: NudgeKind, day: int, channel: Channel, scheduled_for: datetime,
+    schedule: _Due, kind: NudgeKind, day: int, channel: Channel, scheduled_for: datetime,
     status: NudgeStatus, reason: str | None, queued_at: datetime | None,
 ) -> dict[str, Any]:
     return {

@@ -10,9 +10,24 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
+from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from service.models import Partner
+
+class LocalClock(Protocol):
+    """Where and when a partner takes their messages: a `Partner`, or the planner's plain row of the same."""
+
+    @property
+    def timezone(self) -> str: ...
+
+    @property
+    def preferred_time(self) -> time: ...
+
+    @property
+    def quiet_start(self) -> time: ...
+
+    @property
+    def quiet_end(self) -> time: ...
 
 
 class UnknownTimeZone(ValueError):
@@ -59,11 +74,11 @@ def send_instant_at(day: date, preferred: time, quiet_start: time, quiet_end: ti
     return instant
 
 
-def send_instant(partner: Partner, day: date) -> datetime:
+def send_instant(partner: LocalClock, day: date) -> datetime:
     return send_instant_at(day, partner.preferred_time, partner.quiet_start, partner.quiet_end, partner.timezone)
 
 
-def local_date(partner: Partner, instant: datetime) -> date:
+def local_date(partner: LocalClock, instant: datetime) -> date:
     return instant.astimezone(zone(partner.timezone)).date()
 
 
@@ -83,7 +98,7 @@ def next_allowed_instant(timezone: str, quiet_start: time, quiet_end: time, now:
     return resolve_local(end_day, quiet_end, tz)
 
 
-def first_program_date(partner: Partner, started_at: datetime) -> date:
+def first_program_date(partner: LocalClock, started_at: datetime) -> date:
     """Day 1 is today if today's send time is still ahead in the partner's zone, else tomorrow."""
     today = local_date(partner, started_at)
     if send_instant(partner, today) > started_at + timedelta(minutes=1):
@@ -91,7 +106,7 @@ def first_program_date(partner: Partner, started_at: datetime) -> date:
     return today + timedelta(days=1)
 
 
-def first_local_date_after(partner: Partner, instant: datetime) -> date:
+def first_local_date_after(partner: LocalClock, instant: datetime) -> date:
     """The first local day whose send time comes after `instant` (the end of a pause, say)."""
     day = local_date(partner, instant)
     return day if send_instant(partner, day) > instant else day + timedelta(days=1)

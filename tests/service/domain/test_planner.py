@@ -243,3 +243,33 @@ def test_recovery_finds_stale_queued_and_stuck_sending(db: Session, runtime: Run
     db.refresh(second)
     assert first.queued_at == later and report.to_enqueue == [first.id]
     assert second.needs_review and second.status == NudgeStatus.SENDING, "never back to the queue"
+
+
+def test_a_batch_writes_its_schedules_in_one_statement_and_held_objects_see_it(
+    db: Session, runtime: Runtime
+) -> None:
+    from sqlalchemy import event
+
+    couples = [started(db) for _ in range(5)]
+    db.flush()
+    statements: list[bool] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, _params: object, _context: object,
+             executemany: bool) -> None:
+        if "partner_schedules" in statement and statement.lstrip().upper().startswith("UPDATE"):
+            statements.append(executemany)
+
+    engine = db.get_bind()
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        report = plan(db, runtime.programs, MONDAY_9AM_NY)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert report.created == 20
+    # One UPDATE for the ten schedules, not one per schedule; on PostgreSQL one statement, not an executemany.
+    assert len(statements) == 1
+    assert engine.dialect.name != "postgresql" or statements == [False]
+    for couple in couples:
+        for schedule in couple.enrollments[0].schedules:
+            assert schedule.next_day == 2 and schedule.next_send_at == MONDAY_9AM_NY + timedelta(days=1)
+            assert schedule.last_sent_local_date == date(2026, 3, 2)
