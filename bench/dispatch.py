@@ -230,9 +230,10 @@ def main() -> int:
     parser.add_argument("--rate-limit", type=float, default=300.0, help="SMS_RATE_PER_SECOND for the rate run")
     parser.add_argument("--rate-nudges", type=int, default=3000)
     parser.add_argument("--skip-rate", action="store_true")
+    parser.add_argument("--database", default="closer_bench", help="scratch database name (dropped and made again)")
     args = parser.parse_args()
 
-    database_url = scratch_database("closer_bench")
+    database_url = scratch_database(args.database)
     with contextlib.ExitStack() as stack:
         embedded = start_embedded_redis()
         stack.callback(embedded.stop)
@@ -285,10 +286,11 @@ def run(args: argparse.Namespace, database_url: str, redis_url: str, fake: Fake)
 
 def run_suspended_then_drain(
     settings: Settings, env: dict[str, str], workers_count: int, database: Database, redis: Redis,
-    expected_sent: int,
+    expected_sent: int, fake: Fake | None = None,
 ) -> tuple[dict[str, int | str], float, float, int]:
     """Workers start held back (RQ's suspend), one scheduler pass plans and enqueues, then they drain.
-    Returns the pass report, its duration, the wall-clock time all were sent, and how many were."""
+    Returns the pass report, its duration, the wall-clock time all were sent, and how many were.
+    With `fake`, prints where the CPU went while they drained."""
     suspend(redis)
     workers = start_workers(workers_count, worker_env(env))
     try:
@@ -296,8 +298,15 @@ def run_suspended_then_drain(
         planning = time.perf_counter()
         report = run_pass_in_process(settings, datetime.now(UTC))
         planned = time.perf_counter()
-        resume(redis)
-        finished, sent = wait_until_sent(database, expected_sent, timeout=300)
+        meter = contextlib.nullcontext()
+        if fake is not None:
+            meter = CpuMeter(database, {"workers": [w.pid for w in workers], "fake": [fake.process.pid],
+                                        "redis": [int(redis.info("server")["process_id"])]})
+        with meter:
+            resume(redis)
+            finished, sent = wait_until_sent(database, expected_sent, timeout=300)
+        if isinstance(meter, CpuMeter):
+            print(meter.line(sent))
     finally:
         resume(redis)
         stop_workers(workers)
@@ -309,7 +318,7 @@ def drain(
     fake: Fake, expected: int,
 ) -> tuple[float, bool]:
     report, planning, finished, sent = run_suspended_then_drain(settings, env, args.workers, database, redis,
-                                                               expected)
+                                                               expected, fake)
     records = fake.records()
     received, doubled = once_each(records)
     # From the first request reaching the fake to the last nudge recorded as sent in the database.
@@ -320,6 +329,73 @@ def drain(
     print(f"  closer:  {sent} sent in {seconds:.2f} s = {rate:,.0f} nudges/s "
           f"(the fake received {received} distinct nudges, {doubled} more than once)")
     return rate, sent == expected and received == expected and doubled == 0
+
+
+class CpuMeter:
+    """CPU seconds each part of the run used while the workers drained: where a nudge's cost goes.
+
+    PostgreSQL backends are found (and their CPU read) while the run goes on, since they come and go."""
+
+    def __init__(self, database: Database, groups: dict[str, list[int]]) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self.database = database
+        self.groups = {name: [psutil.Process(pid) for pid in pids] for name, pids in groups.items()}
+        self.groups["bench"] = [psutil.Process()]
+        self.start: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.backends: dict[int, Any] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _cpu(self, process: Any) -> float | None:
+        try:
+            times = process.cpu_times()
+            return float(times.user + times.system)
+        except self._psutil.Error:
+            return None
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception), self.database.engine.connect() as conn:
+                for (pid,) in conn.exec_driver_sql(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND pid <> pg_backend_pid()"):
+                    if pid not in self.backends:
+                        self.backends[pid] = self._psutil.Process(pid)
+                        self.start[pid] = 0.0  # a backend seen late: count all it has used
+            for pid, process in self.backends.items():
+                value = self._cpu(process)
+                if value is not None:
+                    self.last[pid] = value
+            self._stop.wait(0.25)
+
+    def __enter__(self) -> CpuMeter:
+        self.cores = self._psutil.cpu_times()
+        self.started = time.perf_counter()
+        for processes in self.groups.values():
+            for process in processes:
+                self.start[process.pid] = self._cpu(process) or 0.0
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.elapsed = time.perf_counter() - self.started
+        self.used: dict[str, float] = {}
+        for name, processes in self.groups.items():
+            self.used[name] = sum((self._cpu(p) or self.start[p.pid]) - self.start[p.pid] for p in processes)
+        self._stop.set()
+        self._thread.join()
+        self.used["postgres"] = sum(self.last.get(pid, 0.0) - self.start[pid] for pid in self.backends)
+        end = self._psutil.cpu_times()
+        busy = sum(getattr(end, f) - getattr(self.cores, f) for f in ("user", "system", "nice", "irq", "softirq"))
+        self.used["everything else on the machine"] = max(0.0, busy - sum(self.used.values()))
+
+    def line(self, nudges: int) -> str:
+        parts = ", ".join(f"{name} {1000 * seconds / max(1, nudges):.2f}" for name, seconds in self.used.items())
+        return (f"  CPU in ms per nudge while draining ({os.cpu_count()} CPUs x {self.elapsed:.1f} s = "
+                f"{1000 * (os.cpu_count() or 1) * self.elapsed / max(1, nudges):.2f} available): {parts}")
 
 
 class AdmissionLog:
