@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, UOWTransaction
 
 from service.domain.delivery import CallbackResult
+from service.domain.replies import PENDING_REPLIES_KEY
 from service.models import Channel, LogEntry
 from service.runtime import Runtime
 
@@ -29,7 +30,8 @@ EVENTS_KEY = "closer:metrics:events"
 NUDGE_OUTCOMES = frozenset({"sent", "delivered", "failed", "undelivered", "retry", "review", "cancelled", "skipped"})
 CHANNELS = frozenset(c.value for c in Channel)
 REDIS_BACKOFF_SECONDS = 30.0
-_PENDING_REPLIES = "closer_metric_replies"
+# Replies stored without the ORM (the one-statement SMS path) are noted under the same key.
+_PENDING_REPLIES = PENDING_REPLIES_KEY
 
 _engines: dict[Engine, str] = {}
 _clients: dict[str, redis_lib.Redis] = {}
@@ -77,7 +79,8 @@ def count_nudge_outcomes(runtime: Runtime, counts: Mapping[tuple[str, str, str],
 
 
 def _note_replies(session: Session, _flush: UOWTransaction) -> None:
-    """Replies are log entries, always inserted through the ORM: note them, to count if the commit happens."""
+    """Replies are log entries: note those the ORM inserts, to count if the commit happens (the SMS fast
+    path notes its own through `replies.note_stored_replies`)."""
     new = [obj.channel for obj in session.new if isinstance(obj, LogEntry)]
     if new:
         pending: Tally[str] = session.info.setdefault(_PENDING_REPLIES, Tally())

@@ -8,7 +8,7 @@ import html
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from service.domain.links import log_url
@@ -27,6 +27,7 @@ from service.programs import EmailFooter, ProgramLibrary, wrap_email
 from service.settings import Settings
 
 MAX_WORDS_IN_EMAIL = 2000
+_LOCK_CLASS = 0x5276  # namespace of the per-enrollment reveal locks, apart from signup's and the scheduler's
 
 
 def is_reveal_prompt(nudge: Nudge | None, programs: ProgramLibrary) -> bool:
@@ -46,6 +47,18 @@ def step_answer(session: Session, partner_id: int, enrollment_id: int, step_day:
         .order_by(LogEntry.received_at)
         .limit(1)
     ).first()
+
+
+def lock_reveals(session: Session, enrollment_id: int) -> None:
+    """Serialize answers to an enrollment's reveal steps until commit.
+
+    Without it, two partners answering at the same moment each miss the other's uncommitted answer (so
+    no reveal goes out), or both see each other and both queue the reveals (a unique violation, or a
+    deadlock on the two rows). With it, the later of the two sees the earlier one's committed answer.
+    SQLite already serializes writers (BEGIN IMMEDIATE).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:c, :k)"), {"c": _LOCK_CLASS, "k": enrollment_id})
 
 
 def next_allowed_instant(partner: Partner, now: datetime) -> datetime:
@@ -105,6 +118,7 @@ def reveal_if_both_answered(
     prompt = entry.nudge
     if prompt is None or not is_reveal_prompt(prompt, programs):
         return []
+    lock_reveals(session, prompt.enrollment_id)
     partner = entry.partner
     other = other_partner(partner)
     other_answer = step_answer(session, other.id, prompt.enrollment_id, prompt.step_day)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+import pytest
+from flask import Flask
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from service.domain.inbound import InboundSms, receive_sms
 from service.domain.reveal import next_allowed_instant, plan_reply_reminders
 from service.domain.shared_log import build_log
-from service.models import Nudge, NudgeKind, NudgeStatus
-from service.runtime import Runtime
+from service.models import Couple, InboundMessage, Nudge, NudgeKind, NudgeStatus, Partner
+from service.runtime import Runtime, runtime_of
 from tests.factories import make_couple, make_sent_prompt
 
 REVEAL_DAY = 5  # appreciation day 5 is a reveal step
@@ -51,6 +54,20 @@ def test_answers_stay_private_until_both_answer(db: Session, runtime: Runtime) -
     # A provider retry of the second answer creates nothing more.
     assert _reply(db, runtime, sam.phone_e164, "How you listened", "SM" + "2" * 32, AFTERNOON) == []
     assert len(db.scalars(select(Nudge).where(Nudge.kind == NudgeKind.REVEAL)).all()) == 2
+
+
+def test_a_further_answer_after_the_reveal_reveals_nothing_more(db: Session, runtime: Runtime) -> None:
+    couple = make_couple(db, start=AFTERNOON - timedelta(days=6))
+    alex, sam = couple.partners
+    for partner in (alex, sam):
+        make_sent_prompt(db, partner, step_day=REVEAL_DAY, sent_at=AFTERNOON - timedelta(hours=5))
+    _reply(db, runtime, alex.phone_e164, "first", "SM" + "7" * 32, AFTERNOON)
+    assert len(_reply(db, runtime, sam.phone_e164, "second", "SM" + "8" * 32, AFTERNOON)) == 2
+    assert _reply(db, runtime, alex.phone_e164, "and one more thing", "SM" + "9" * 32, AFTERNOON) == []
+    assert _reply(db, runtime, sam.phone_e164, "me too", "SM" + "a" * 32, AFTERNOON) == []
+    assert len(db.scalars(select(Nudge).where(Nudge.kind == NudgeKind.REVEAL)).all()) == 2
+    answers = [a.body for day in build_log(db, alex, runtime.programs) for a in day.answers]
+    assert sorted(answers) == sorted(["first", "second", "and one more thing", "me too"])
 
 
 def test_reveal_waits_for_the_end_of_quiet_hours(db: Session, runtime: Runtime) -> None:
@@ -96,3 +113,51 @@ def test_one_soft_reminder_halfway_through_the_window(db: Session, runtime: Runt
     again = plan_reply_reminders(db, settings=runtime.settings, programs=runtime.programs,
                                  now=halfway + timedelta(minutes=5))
     assert again == []  # at most one
+
+
+def test_two_answers_at_the_same_moment_reveal_once(session_app: Flask) -> None:
+    """Committed transactions on separate connections: the second answer waits for the first to commit,
+    then sees it and queues both reveals (without the lock, neither would see the other's answer)."""
+    database = runtime_of(session_app).database
+    if database.dialect != "postgresql":
+        pytest.skip("SQLite serializes writers; the lock is PostgreSQL's")
+    runtime = runtime_of(session_app)
+    with database.transaction() as session:
+        couple = make_couple(session, start=AFTERNOON - timedelta(days=6))
+        alex, sam = couple.partners
+        for partner in (alex, sam):
+            make_sent_prompt(session, partner, step_day=REVEAL_DAY, sent_at=AFTERNOON - timedelta(hours=5))
+        couple_id, phones = couple.id, (alex.phone_e164 or "", sam.phone_e164 or "")
+    sids = ("SM" + "5" * 32, "SM" + "6" * 32)
+    second: dict[str, list[int]] = {}
+
+    def answer(session: Session, index: int) -> list[int]:
+        message = InboundSms(sids[index], phones[index], "+15550000000", f"answer {index}")
+        return receive_sms(session, message, settings=runtime.settings, programs=runtime.programs,
+                           now=AFTERNOON).nudge_ids
+
+    def answer_second() -> None:
+        with database.transaction() as session:
+            second["queued"] = answer(session, 1)
+
+    first = database.new_session()
+    try:
+        assert answer(first, 0) == []
+        waiting = threading.Thread(target=answer_second)
+        waiting.start()
+        waiting.join(1.0)
+        assert waiting.is_alive(), "the second answer must wait for the first one's transaction"
+        first.commit()
+        first.close()
+        waiting.join(20)
+        assert not waiting.is_alive()
+        with database.transaction() as session:
+            reveals = session.scalars(select(Nudge).join(Partner).where(
+                Partner.couple_id == couple_id, Nudge.kind == NudgeKind.REVEAL)).all()
+            assert sorted(second["queued"]) == sorted(n.id for n in reveals)
+            assert len(reveals) == 2
+    finally:
+        first.close()  # rolls back when an assertion stopped the test before its commit
+        with database.transaction() as session:
+            session.execute(delete(InboundMessage).where(InboundMessage.provider_message_id.in_(sids)))
+            session.execute(delete(Couple).where(Couple.id == couple_id))
