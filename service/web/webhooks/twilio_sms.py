@@ -9,6 +9,7 @@ Twilio retry: it gets an empty TwiML answer and changes nothing.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import asdict
@@ -59,7 +60,13 @@ def signature_is_valid(settings: Settings) -> bool:
         # A Webhook Rule signs with a SharedKey secret Closer is not given; only Auth Token signatures pass.
         log.warning("twilio webhook signed with a SharedKey; configure Auth Token signing for this URL")
         return False
-    return bool(RequestValidator(settings.twilio_auth_token).validate(signed_url(settings), request.form, signature))
+    return bool(_validator(settings.twilio_auth_token).validate(signed_url(settings), request.form, signature))
+
+
+@functools.lru_cache(maxsize=4)
+def _validator(auth_token: str) -> RequestValidator:
+    # The validator only holds the token; one per token saves building it on every request.
+    return RequestValidator(auth_token)
 
 
 def parse_inbound_sms(form: MultiDict[str, str]) -> InboundSms:
@@ -99,6 +106,13 @@ def parse_inbound_sms(form: MultiDict[str, str]) -> InboundSms:
 def _e164(raw: str) -> str | None:
     if not raw or len(raw) > 32 or not raw.startswith("+"):
         return None
+    return _parse_e164(raw)
+
+
+# Parsing with phonenumbers costs more than the rest of the request's parsing together, and the same
+# few thousand partners text again and again; the answer for a given string never changes.
+@functools.lru_cache(maxsize=16384)
+def _parse_e164(raw: str) -> str | None:
     try:
         number = phonenumbers.parse(raw, None)
     except phonenumbers.NumberParseException:
@@ -108,10 +122,15 @@ def _e164(raw: str) -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+# What str(MessagingResponse()) renders with no message: most inbound texts (replies, retries) get it.
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
+
+
 def twiml(reply: str | None) -> Response:
+    if not reply:
+        return Response(EMPTY_TWIML, mimetype="text/xml")
     response = MessagingResponse()
-    if reply:
-        response.message(reply)
+    response.message(reply)
     return Response(str(response), mimetype="text/xml")
 
 

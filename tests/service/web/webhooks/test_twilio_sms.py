@@ -408,3 +408,34 @@ def test_database_down_spools_the_text_and_the_scheduler_replays_it(
     assert session.get(Partner, sam.id).consent(Channel.SMS) is ConsentState.CONFIRMED  # type: ignore[union-attr]
     # The replay went through the same dedupe: Twilio's own retry of it now changes nothing.
     assert message_of(post(client, runtime, params)) is None
+
+
+def test_the_empty_answer_is_what_the_twilio_sdk_renders() -> None:
+    from twilio.twiml.messaging_response import MessagingResponse
+
+    from service.web.webhooks.twilio_sms import EMPTY_TWIML, twiml
+
+    assert str(MessagingResponse()) == EMPTY_TWIML
+    assert twiml(None).get_data(as_text=True) == str(MessagingResponse())
+    with_text = MessagingResponse()
+    with_text.message("Paused & <quiet>")
+    assert twiml("Paused & <quiet>").get_data(as_text=True) == str(with_text)
+
+
+def test_a_number_is_normalized_the_same_way_every_time() -> None:
+    from service.web.webhooks.twilio_sms import _e164
+
+    for _ in range(2):  # the second answer comes from the cache
+        assert _e164("+1 (415) 555-0123") == "+14155550123"
+        assert _e164("+14155550123") == "+14155550123"
+        assert _e164("+1415") is None
+        assert _e164("14155550123") is None
+
+
+def test_provider_webhooks_skip_the_rate_limiter_and_pages_do_not(client: FlaskClient) -> None:
+    from service.web.limits import _provider_webhook
+
+    with client.application.test_request_context(PATH, method="POST"):
+        assert _provider_webhook()
+    with client.application.test_request_context("/signup", method="POST"):
+        assert not _provider_webhook()
