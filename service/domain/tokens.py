@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 CONFIRM_MAX_AGE = 7 * 86400
@@ -13,7 +15,9 @@ class TokenError(ValueError):
         self.expired = expired
 
 
+@lru_cache(maxsize=16)
 def _serializer(secret_key: str, purpose: str) -> URLSafeTimedSerializer:
+    # Built once per key and purpose (it holds no per-token state): every email's unsubscribe link needs one.
     return URLSafeTimedSerializer(secret_key, salt=f"closer.{purpose}")
 
 

@@ -371,3 +371,22 @@ def test_footer_reason_defaults_to_consent_and_can_be_an_invitation() -> None:
         "Noticing the good", "Closer", "1 Main St", "https://u", reason="Someone asked Closer to invite you."))
     assert "Someone asked Closer to invite you." in invited.text and "you said yes" not in invited.html
     assert "1 Main St" in invited.text and "https://u" in invited.html
+
+
+def test_septets_are_counted_as_the_gsm_codec_counts_them() -> None:
+    from service.programs import GSM7_EXTENSION
+
+    def by_codec(text: str) -> int:
+        text.encode("gsm03.38")
+        return sum(2 if ch in GSM7_EXTENSION else 1 for ch in text)
+
+    for text in ("Alex, what made you smile?", "a{b}c€~|", "José Søren Ñ", "", "Zoë", "Алексей", "hi 😀", "@£$¥"):
+        try:
+            expected: int | None = by_codec(text)
+        except UnicodeEncodeError:
+            expected = None
+        if expected is None:
+            with pytest.raises(UnicodeEncodeError):
+                sms_septets(text)
+        else:
+            assert sms_septets(text) == expected
