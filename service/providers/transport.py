@@ -14,6 +14,7 @@ Failures are classified by how far the request got, which decides whether a retr
 
 from __future__ import annotations
 
+import email.parser
 import http.client
 import socket
 import ssl
@@ -23,6 +24,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 _gate = threading.local()
@@ -70,6 +72,82 @@ class NoAnswer(Exception):
     """The request went out and no answer came back: the provider may have acted on it."""
 
 
+_MAX_HEADERS, _MAX_LINE = 100, 65536  # http.client's own limits
+
+
+def _read_header_lines(fp: Any) -> list[bytes]:
+    lines: list[bytes] = []
+    while True:
+        line = fp.readline(_MAX_LINE + 1)
+        if len(line) > _MAX_LINE:
+            raise http.client.LineTooLong("header line")
+        if line in (b"\r\n", b"\n", b""):
+            return lines
+        lines.append(line)
+        if len(lines) > _MAX_HEADERS:
+            raise http.client.HTTPException(f"got more than {_MAX_HEADERS} headers")
+
+
+def _parse_headers(fp: Any) -> http.client.HTTPMessage:
+    """The same `HTTPMessage` `http.client` builds, without going through `email.parser` for the plain
+    `Name: value` lines every provider answer has (that parser was a tenth of a send's CPU); anything
+    else (folded or malformed lines) still goes through it."""
+    lines = _read_header_lines(fp)
+    message = http.client.HTTPMessage()
+    for line in lines:
+        text = line.decode("iso-8859-1")
+        name, colon, value = text.partition(":")
+        if not colon or not name or text[0] in " \t" or name != name.strip():
+            parsed: http.client.HTTPMessage = email.parser.Parser(_class=http.client.HTTPMessage).parsestr(
+                b"".join(lines).decode("iso-8859-1"))
+            return parsed
+        # As `email`'s compat32 policy stores a header: leading blanks and the line ending dropped.
+        message.set_raw(name, value.lstrip(" \t").rstrip("\r\n"))
+    return message
+
+
+class _Response(http.client.HTTPResponse):
+    """`http.client`'s response, its headers read by `_parse_headers`; everything else (chunked bodies,
+    keep-alive rules) is the standard library's."""
+
+    def begin(self) -> None:
+        if self.headers is not None:
+            return
+        while True:
+            version, status, reason = self._read_status()
+            if status != http.client.CONTINUE:
+                break
+            _read_header_lines(self.fp)  # a 100 Continue's headers
+        self.code = self.status = status
+        self.reason = reason.strip()
+        if version in ("HTTP/1.0", "HTTP/0.9"):
+            self.version = 10
+        elif version.startswith("HTTP/1."):
+            self.version = 11
+        else:
+            raise http.client.UnknownProtocol(version)
+        self.headers = self.msg = _parse_headers(self.fp)
+        encoding = self.headers.get("transfer-encoding")
+        self.chunked = bool(encoding and encoding.lower() == "chunked")
+        self.chunk_left = None
+        self.will_close = self._check_close()
+        self.length = None
+        length = self.headers.get("content-length")
+        if length and not self.chunked:
+            try:
+                self.length = int(length)
+            except ValueError:
+                self.length = None
+            else:
+                if self.length < 0:
+                    self.length = None
+        if status in (http.client.NO_CONTENT, http.client.NOT_MODIFIED) or 100 <= status < 200 \
+                or self._method == "HEAD":
+            self.length = 0
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True
+
+
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -107,6 +185,7 @@ class KeepAlive:
             connection = http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self._context)
         else:
             connection = http.client.HTTPConnection(host, port, timeout=self.timeout)
+        connection.response_class = _Response
         if self._proxy:
             connection.set_tunnel(self.host, self.port)
         try:
