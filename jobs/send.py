@@ -52,6 +52,7 @@ from service.domain.outbound import (
     record_sent_rows,
     release_claim,
     remember_jobs,
+    seal,
     send_time_guard,
 )
 from service.domain.planner import sending_paused
@@ -139,12 +140,13 @@ class _Direct:
 class _Entry:
     """One claim or record handed to the ledger; the sending thread waits on `done`."""
 
-    __slots__ = ("done", "error", "nudge_id", "provider_message_id", "result", "store")
+    __slots__ = ("done", "error", "nudge_id", "provider_message_id", "result", "sealed", "store")
 
     def __init__(self, nudge_id: int, store: dict[str, str | None] | None = None,
-                 provider_message_id: str | None = None) -> None:
+                 provider_message_id: str | None = None, sealed: tuple[bytes | None, ...] | None = None) -> None:
         self.nudge_id = nudge_id
         self.store = store  # a claim
+        self.sealed = sealed  # its texts, already encrypted
         self.provider_message_id = provider_message_id  # a record of a send
         self.result = False
         self.error: BaseException | None = None
@@ -185,7 +187,9 @@ class Ledger:
         self._thread.start()
 
     def claim(self, nudge_id: int, store: dict[str, str | None]) -> bool:
-        entry = _Entry(nudge_id, store=store)
+        # Encrypted here, on the sending thread: the ledger's one thread is what every claim waits for.
+        sealed = seal(store) if self._database.dialect == "postgresql" else None
+        entry = _Entry(nudge_id, store=store, sealed=sealed)
         self._queue.put(entry)
         return entry.wait()
 
@@ -219,7 +223,7 @@ class Ledger:
         return won
 
     def _write(self, round_: list[_Entry]) -> None:
-        claims = [Claim(e.nudge_id, e.store) for e in round_ if e.store is not None]
+        claims = [Claim(e.nudge_id, e.store, e.sealed) for e in round_ if e.store is not None]
         sent = [(e.nudge_id, e.provider_message_id or "") for e in round_ if e.store is None]
         won: set[int] = set()
         for attempt in range(self.ATTEMPTS):

@@ -59,10 +59,15 @@ class EncryptedText(TypeDecorator[str]):
     def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
         if value is None:
             return None
-        try:
-            return active_cipher().decrypt(bytes(value))
-        except InvalidToken as exc:
-            raise RuntimeError("stored text cannot be decrypted with DATA_ENCRYPTION_KEY") from exc
+        return open_text(bytes(value))
+
+
+def open_text(token: bytes) -> str:
+    """A stored `EncryptedText` value read as text (for code that selects the column as bytes)."""
+    try:
+        return active_cipher().decrypt(token)
+    except InvalidToken as exc:
+        raise RuntimeError("stored text cannot be decrypted with DATA_ENCRYPTION_KEY") from exc
 
 
 def token_digest(token: str) -> str:

@@ -108,6 +108,19 @@ def test_a_claim_is_won_once(db: Session, runtime: Runtime) -> None:
     assert (nudge.status, nudge.attempts, nudge.sending_at, nudge.body_text) == (NudgeStatus.SENDING, 1, NOW, "hello")
 
 
+def test_texts_sealed_ahead_by_a_sending_thread_are_stored_as_sent(db: Session, runtime: Runtime) -> None:
+    from service.domain.outbound import record_sent_many, seal
+
+    nudge = queued(db, make_couple(db), channel=Channel.EMAIL)
+    store: dict[str, str | None] = {"subject": 'A "quoted" subject, {braced}', "body_text": "back\\slash\nline"}
+    assert claim_many(db, [Claim(nudge.id, store, seal(store))], NOW) == {nudge.id}
+    # A provider id with every character an array literal has to quote.
+    record_sent_many(db, [(nudge.id, 'id "with" \\ {odd}, chars')], NOW)
+    db.refresh(nudge)
+    assert (nudge.subject, nudge.body_text, nudge.body_html) == (store["subject"], store["body_text"], None)
+    assert (nudge.status, nudge.provider_message_id) == (NudgeStatus.SENT, 'id "with" \\ {odd}, chars')
+
+
 def test_claim_many_wins_what_may_be_sent(db: Session, runtime: Runtime) -> None:
     couple = make_couple(db)
     ok, withdrawn = queued(db, couple, position=0), queued(db, couple, position=1)
