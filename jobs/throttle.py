@@ -26,13 +26,19 @@ from service.runtime import Runtime
 # KEYS[1]: the channel's next free slot, in microseconds on Redis' clock.
 # ARGV[1]: microseconds between slots, ARGV[2]: how far behind now the timeline may lag, so that slots
 # missed while senders were held up (a busy CPU) can be caught up on; the admission window still caps
-# every second. Returns how many microseconds the caller waits for its slot (0 or less: go now).
+# every second. A channel with no timeline (idle for a minute, or never used) starts at now: there are no
+# missed slots to catch up on, and starting a second back let a fresh run open with a burst of a second's
+# worth of sends, above the rate on average. Returns how many microseconds the caller waits for its slot.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
-local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
-if slot < now - tonumber(ARGV[2]) then slot = now - tonumber(ARGV[2]) end
+local stored = redis.call('GET', KEYS[1])
+local slot = now
+if stored then
+  slot = tonumber(stored)
+  if slot < now - tonumber(ARGV[2]) then slot = now - tonumber(ARGV[2]) end
+end
 local ttl = math.floor(math.max(0, slot + interval - now) / 1000) + 60000
 redis.call('SET', KEYS[1], string.format('%.0f', slot + interval), 'PX', ttl)
 return string.format('%.0f', math.max(0, slot - now))

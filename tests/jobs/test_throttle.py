@@ -92,6 +92,13 @@ def test_slots_are_one_interval_apart_and_catching_up_is_bounded(runtime: Runtim
     assert waits[-1] >= 8 * interval / 1_000_000 - CATCH_UP_US / 1_000_000 - 0.05
 
 
+def test_a_fresh_channel_starts_at_its_rate_without_a_burst(runtime: Runtime) -> None:
+    waits = [reserve(runtime.redis, Channel.SMS, 4.0) for _ in range(3)]
+    interval = 0.25 / HEADROOM
+    assert waits[0] == 0
+    assert waits[1] >= interval - 0.05 and waits[2] >= 2 * interval - 0.05, "no second of slots taken at once"
+
+
 def test_no_limit_means_no_waiting_and_no_state(runtime: Runtime) -> None:
     assert runtime.settings.sms_rate_per_second == 0
     throttle(runtime, Channel.SMS)
