@@ -359,15 +359,20 @@ class CpuMeter:
         except self._psutil.Error:
             return None
 
+    def _find_backends(self, *, late: bool) -> None:
+        with contextlib.suppress(Exception), self.database.engine.connect() as conn:
+            for (pid,) in conn.exec_driver_sql(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid()"):
+                if pid not in self.backends:
+                    self.backends[pid] = process = self._psutil.Process(pid)
+                    # A backend that started during the drain counts all it used; one from before (the
+                    # seeding, the scheduler pass) only what it used from now on.
+                    self.start[pid] = 0.0 if late else (self._cpu(process) or 0.0)
+
     def _poll(self) -> None:
         while not self._stop.is_set():
-            with contextlib.suppress(Exception), self.database.engine.connect() as conn:
-                for (pid,) in conn.exec_driver_sql(
-                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND pid <> pg_backend_pid()"):
-                    if pid not in self.backends:
-                        self.backends[pid] = self._psutil.Process(pid)
-                        self.start[pid] = 0.0  # a backend seen late: count all it has used
+            self._find_backends(late=True)
             for pid, process in self.backends.items():
                 value = self._cpu(process)
                 if value is not None:
@@ -380,6 +385,7 @@ class CpuMeter:
         for processes in self.groups.values():
             for process in processes:
                 self.start[process.pid] = self._cpu(process) or 0.0
+        self._find_backends(late=False)
         self._thread.start()
         return self
 
