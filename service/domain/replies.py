@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import distinct, func, select, text
+from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
 from service.crypto import active_cipher
@@ -124,12 +124,13 @@ class ClaimedSms:
 # program's reply window is still open (as `answered_prompt` does). Data-modifying CTEs run once and
 # see one snapshot; `entry` reads from `claim`, so a retried MessageSid (ON CONFLICT DO NOTHING, which
 # waits for a concurrent first insert to commit) stores nothing.
-# Only enum constants are formatted into the text; every value from a request is a bind parameter.
-_CLAIM_SMS = text(f"""
+# Only enum constants are formatted into the text; every value from a request is a bind parameter
+# (psycopg's %(name)s style: the statement is run with `exec_driver_sql`).
+_CLAIM_SMS = f"""
 WITH partner AS (
     SELECT p.id, p.couple_id, p.sms_consent
     FROM partners AS p
-    WHERE p.phone_e164 = :phone
+    WHERE p.phone_e164 = %(phone)s
     ORDER BY (p.sms_consent = '{ConsentState.CONFIRMED.value}' AND EXISTS (
                  SELECT FROM enrollments AS e
                  WHERE e.couple_id = p.couple_id
@@ -138,8 +139,8 @@ WITH partner AS (
     LIMIT 1
 ), claim AS (
     INSERT INTO inbound_messages (provider, provider_message_id, channel, partner_id, kind, received_at)
-    SELECT :provider, :sid, :channel, (SELECT id FROM partner),
-           CASE WHEN EXISTS (SELECT FROM partner) THEN 'reply' ELSE 'unknown_sender' END, :now
+    SELECT %(provider)s, %(sid)s, %(channel)s, (SELECT id FROM partner),
+           CASE WHEN EXISTS (SELECT FROM partner) THEN 'reply' ELSE 'unknown_sender' END, %(now)s
     ON CONFLICT (provider, provider_message_id) DO NOTHING
     RETURNING id
 ), latest AS (
@@ -148,18 +149,18 @@ WITH partner AS (
     WHERE n.partner_id = (SELECT id FROM partner WHERE sms_consent = '{ConsentState.CONFIRMED.value}')
       AND n.kind = '{NudgeKind.PROMPT.value}'
       AND n.status IN ('{NudgeStatus.SENT.value}', '{NudgeStatus.DELIVERED.value}')
-      AND n.sent_at <= :now AND n.sent_at >= :now - make_interval(hours => {MAX_REPLY_WINDOW_HOURS})
+      AND n.sent_at <= %(now)s AND n.sent_at >= %(now)s - make_interval(hours => {MAX_REPLY_WINDOW_HOURS})
     ORDER BY n.sent_at DESC
     LIMIT 1
 ), prompt AS (
     SELECT id, enrollment_id, step_day, program_key FROM latest
-    WHERE sent_at >= :now - make_interval(hours => COALESCE(
-        (CAST(:windows AS jsonb) ->> program_key)::int, {DEFAULT_REPLY_WINDOW_HOURS}))
+    WHERE sent_at >= %(now)s - make_interval(hours => COALESCE(
+        (CAST(%(windows)s AS jsonb) ->> program_key)::int, {DEFAULT_REPLY_WINDOW_HOURS}))
 ), entry AS (
     INSERT INTO log_entries (couple_id, partner_id, nudge_id, channel, provider_message_id, body, media_count,
                              media_types, received_at)
-    SELECT partner.couple_id, partner.id, (SELECT id FROM prompt), :channel, :sid, :body, :media_count,
-           :media_types, :now
+    SELECT partner.couple_id, partner.id, (SELECT id FROM prompt), %(channel)s, %(sid)s, %(body)s, %(media_count)s,
+           %(media_types)s, %(now)s
     FROM partner, claim
     WHERE partner.sms_consent = '{ConsentState.CONFIRMED.value}'
     RETURNING id
@@ -167,7 +168,7 @@ WITH partner AS (
 SELECT (SELECT id FROM claim), partner.id, partner.couple_id, partner.sms_consent, (SELECT id FROM entry),
        prompt.id, prompt.enrollment_id, prompt.step_day, prompt.program_key
 FROM (SELECT 1) AS one LEFT JOIN partner ON true LEFT JOIN prompt ON true
-""")  # noqa: S608
+"""  # noqa: S608
 
 
 @functools.lru_cache(maxsize=8)
@@ -185,7 +186,9 @@ def claim_sms_text(
     Reveals are the caller's: when the reply answers a reveal step, call `reveal_after_reply`.
     """
     session.flush()  # rows the caller added in this transaction must be visible to the statement
-    row = session.execute(_CLAIM_SMS, {
+    # Sent as the driver's own SQL: the text never changes, so SQLAlchemy's compile step and cache lookup
+    # are pure cost here (psycopg still prepares it server-side after a few runs on each connection).
+    row = session.connection().exec_driver_sql(_CLAIM_SMS, {
         "phone": phone, "provider": "twilio", "sid": message_id, "channel": Channel.SMS.value, "now": now,
         "windows": _reply_windows(programs),
         "body": active_cipher().encrypt(body.strip()[:MAX_REPLY_CHARS]),
