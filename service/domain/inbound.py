@@ -168,8 +168,13 @@ def _run_command(
     assert partner is not None
     name = settings.sender_name
     if command.keyword == "YES":
+        open_signups = [p for p in partners if _active_enrollment(p) is not None]
+        if not open_signups and any(p.consent(Channel.SMS) is ConsentState.PENDING for p in partners):
+            # The invitation expired unconfirmed (signup.expire_unconfirmed_signups): a YES starts nothing.
+            return (f"This {name} invitation has expired, so nothing was started. "
+                    f"To sign up again, visit {settings.public_base_url}")
         confirmed = [
-            p for p in partners
+            p for p in open_signups
             if confirm_channel(session, p, Channel.SMS, source="sms", source_detail=message.message_sid, now=now)
         ]
         if not confirmed:

@@ -17,6 +17,7 @@ from jobs.scheduler import run_pass
 from jobs.send import send_batch
 from service.domain.consent import DISCLOSURE_VERSION
 from service.domain.enrollment import confirm_channel
+from service.domain.inbound import InboundSms, receive_sms
 from service.domain.signup import (
     SIGNUP_EXPIRES_AFTER,
     PartnerRequest,
@@ -275,6 +276,12 @@ def test_a_signup_nobody_confirmed_expires_with_its_links(db: Session, runtime: 
     later = NOW + timedelta(days=30)
     assert plan_confirmation_reminders(db, settings=runtime.settings, programs=runtime.programs,
                                        now=later).nudge_ids == []
+    assert invited.phone_e164 is not None
+    late_yes = InboundSms(message_sid="SM" + "e" * 32, from_number=invited.phone_e164, to_number="+15005550006",
+                          body="YES")
+    answer = receive_sms(db, late_yes, settings=runtime.settings, programs=runtime.programs, now=later)
+    assert answer.reply is not None and "expired" in answer.reply and runtime.settings.public_base_url in answer.reply
+    assert invited.consent(Channel.SMS) is ConsentState.PENDING and waiting.enrollment.status == "cancelled"
 
 
 def test_reminders_wait_for_the_end_of_quiet_hours(db: Session, runtime: Runtime) -> None:
