@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from types import FrameType
 
@@ -41,6 +42,7 @@ from service.domain.reveal import plan_reply_reminders
 from service.domain.signup import expire_unconfirmed_signups, plan_confirmation_reminders
 from service.models import NudgeStatus
 from service.runtime import Runtime, current_runtime
+from service.telemetry import count_nudge_outcomes
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +122,11 @@ def _drain_inbound_spool(runtime: Runtime) -> int:
 
 
 def _enqueue(runtime: Runtime, report: PassReport) -> int:
-    """Enqueue what the last commit made `queued`. If Redis is down the nudges stay queued in SQL and
-    a later pass enqueues them again, so this never fails the pass."""
+    """Enqueue what the last commit made `queued` (and count what it settled). If Redis is down the
+    nudges stay queued in SQL and a later pass enqueues them again, so this never fails the pass."""
     ids, report.to_enqueue = report.to_enqueue, []
+    settled, report.outcomes = report.outcomes, Counter()
+    count_nudge_outcomes(runtime, settled)
     if not ids:
         return 0
     try:

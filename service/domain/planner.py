@@ -15,6 +15,7 @@ Rules, per partner schedule (one row per partner and enrollment, `next_send_at` 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -75,6 +76,8 @@ class PassReport:
     requeued: int = 0
     to_review: int = 0
     to_enqueue: list[int] = field(default_factory=list)
+    # (outcome, channel, kind) of nudges the pass settled itself, for /metrics once their commit is done.
+    outcomes: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, int]:
         return {"created": self.created, "skipped": self.skipped, "deferred": self.deferred,
@@ -228,6 +231,7 @@ def _plan_one(batch: _Batch, schedule: _Due) -> None:
                 batch.rows.append(_row(schedule, NudgeKind.PROMPT, schedule.next_day, channel, due_at,
                                        NudgeStatus.SKIPPED, reason, now))
                 batch.report.skipped += 1
+                batch.report.outcomes["skipped", channel.value, NudgeKind.PROMPT.value] += 1
         else:
             for channel in channels:
                 batch.rows.append(_row(schedule, NudgeKind.PROMPT, schedule.next_day, channel, due_at,
@@ -414,16 +418,18 @@ def requeue(session: Session, nudge_ids: list[int], now: datetime, report: PassR
 
 def mark_stale_sending_for_review(session: Session, now: datetime, report: PassReport) -> int:
     """A nudge stuck in `sending` may or may not have reached the provider: an operator decides."""
-    result = session.execute(
+    marked = session.execute(
         update(Nudge)
         .where(Nudge.status == NudgeStatus.SENDING, Nudge.sending_at < now - STALE_SENDING_AFTER,
                Nudge.needs_review.is_(False))
         .values(needs_review=True, error_code="outcome_unknown",
                 status_reason="worker stopped mid-send; outcome unknown, not resent")
-    )
-    count = affected_rows(result)
-    report.to_review += count
-    return count
+        .returning(Nudge.channel, Nudge.kind)
+    ).all()
+    for channel, kind in marked:
+        report.outcomes["review", channel, kind] += 1
+    report.to_review += len(marked)
+    return len(marked)
 
 
 def record_pass(session: Session, now: datetime) -> None:

@@ -11,6 +11,7 @@ from jobs.scheduler import ADVISORY_LOCK_KEY, run_pass
 from service.models import Nudge, NudgeStatus
 from service.runtime import Runtime
 from tests.factories import make_couple
+from tests.support.metrics import counted
 from tests.support.sending import queued_jobs
 
 
@@ -69,3 +70,12 @@ def test_a_nudge_stuck_in_sending_goes_to_review_not_back_to_the_queue(db: Sessi
     assert report["to_review"] == 1 and report["requeued"] == 1
     db.refresh(stuck)
     assert stuck.needs_review and stuck.status == NudgeStatus.SENDING
+    assert counted(runtime, "nudges", "review", "sms", "prompt") == 1
+
+
+def test_a_step_a_whole_day_overdue_is_skipped_and_counted(db: Session, runtime: Runtime) -> None:
+    now = due(db)
+    before = counted(runtime, "nudges", "skipped", "sms", "prompt")
+    report = run_pass(runtime, now + timedelta(days=1, minutes=1))
+    assert report["skipped"] == 2 and report["created"] == 0
+    assert counted(runtime, "nudges", "skipped", "sms", "prompt") == before + 2
