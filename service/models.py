@@ -74,6 +74,8 @@ class NudgeKind(enum.StrEnum):
     REVEAL = "reveal"
     REPLY_REMINDER = "reply_reminder"
     PROGRAM_COMPLETE = "program_complete"
+    # A keyword's answer that could not go back in TwiML (the text waited in the spool): sent as a message.
+    KEYWORD_ANSWER = "keyword_answer"
 
 
 class NudgeStatus(enum.StrEnum):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.db import insert_or_ignore
@@ -16,12 +17,16 @@ from service.domain import links, replies
 from service.domain.consent import partners_by_phone, set_consent
 from service.domain.enrollment import confirm_channel
 from service.domain.keywords import Command, classify
+from service.domain.reveal import next_allowed_instant
 from service.models import (
     Channel,
     ConsentState,
     Enrollment,
     EnrollmentStatus,
     InboundMessage,
+    Nudge,
+    NudgeKind,
+    NudgeStatus,
     Partner,
 )
 from service.programs import ProgramLibrary
@@ -125,6 +130,34 @@ def _receive_text(
         return InboundResult(kind="ignored")
     nudge_ids = replies.reveal_after_reply(session, claimed, settings=settings, programs=programs, now=now)
     return InboundResult(reply=None, nudge_ids=nudge_ids, kind="reply")
+
+
+def queue_late_answer(session: Session, message: InboundSms, answer: str, now: datetime) -> Nudge | None:
+    """The answer to a keyword whose text waited in the spool, as a message of its own.
+
+    Twilio is no longer waiting for TwiML by then, so the answer (a LOG link, a HELP text, a YES
+    welcome) is queued like any other message: to a confirmed partner only (an opted-out number gets
+    nothing; Twilio answers STOP itself), outside quiet hours, once per inbound text (the unique
+    nudge key carries the inbound message's id, and a replay of the same text is a duplicate anyway).
+    """
+    partner = _addressed_partner(partners_by_phone(session, message.from_number))
+    if partner is None or partner.consent(Channel.SMS) is not ConsentState.CONFIRMED:
+        return None
+    enrollment = _active_enrollment(partner) or (partner.couple.enrollments[-1] if partner.couple.enrollments
+                                                 else None)
+    inbound_id = session.scalar(select(InboundMessage.id).where(
+        InboundMessage.provider == "twilio", InboundMessage.provider_message_id == message.message_sid))
+    if enrollment is None or inbound_id is None:
+        return None
+    when = next_allowed_instant(partner, now)
+    nudge = Nudge(
+        enrollment=enrollment, partner=partner, kind=NudgeKind.KEYWORD_ANSWER, step_day=inbound_id,
+        channel=Channel.SMS, scheduled_for=when, body_text=answer,
+        status=NudgeStatus.QUEUED if when <= now else NudgeStatus.SCHEDULED, queued_at=now if when <= now else None,
+    )
+    session.add(nudge)
+    session.flush()
+    return nudge
 
 
 def _addressed_partner(partners: list[Partner]) -> Partner | None:

@@ -29,8 +29,8 @@ from werkzeug.datastructures import MultiDict
 from jobs.inbound import register_handler
 from jobs.runtime import QUEUE_HIGH
 from jobs.send import enqueue_nudges
-from service.domain.inbound import InboundSms, receive_sms
-from service.models import mask_phone
+from service.domain.inbound import InboundSms, queue_late_answer, receive_sms
+from service.models import NudgeStatus, mask_phone
 from service.runtime import Runtime, current_runtime, db_session
 from service.settings import Settings
 from service.web.webhooks import bp
@@ -174,8 +174,13 @@ def _enqueue(nudge_ids: list[int]) -> None:
 
 def _replay_spooled(session: Session, runtime: Runtime, payload: dict[str, Any]) -> list[int]:
     payload = {**payload, "media_types": tuple(payload.get("media_types", ()))}
-    result = receive_sms(session, InboundSms(**payload), settings=runtime.settings, programs=runtime.programs,
-                         now=datetime.now(UTC))
+    message = InboundSms(**payload)
+    now = datetime.now(UTC)
+    result = receive_sms(session, message, settings=runtime.settings, programs=runtime.programs, now=now)
+    if result.kind == "keyword" and result.reply and not result.duplicate:
+        answer = queue_late_answer(session, message, result.reply, now)
+        if answer is not None and answer.status == NudgeStatus.QUEUED:
+            return [*result.nudge_ids, answer.id]
     return result.nudge_ids
 
 

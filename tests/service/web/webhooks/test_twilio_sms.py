@@ -12,12 +12,15 @@ import pytest
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rq import Queue
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from twilio.request_validator import RequestValidator
 
 from jobs.inbound import drain_spool
+from jobs.runtime import QUEUE_SEND
 from service.db import make_engine
+from service.domain.links import log_url
 from service.domain.signup import PartnerRequest, SignupRequest, sign_up
 from service.models import (
     Channel,
@@ -27,6 +30,9 @@ from service.models import (
     EnrollmentStatus,
     InboundMessage,
     LogEntry,
+    Nudge,
+    NudgeKind,
+    NudgeStatus,
     Partner,
 )
 from service.runtime import Runtime, close_db_session, db_session
@@ -387,17 +393,7 @@ def test_database_down_spools_the_text_and_the_scheduler_replays_it(
     alex, sam = couple.partners
     assert alex.phone_e164
     params = params_for(alex.phone_e164, "STOP")
-    bound = runtime.database.session_factory
-    close_db_session()
-    # A real driver failing to reach a real (absent) server: nothing listens on port 1.
-    down = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/closer?connect_timeout=2")
-    runtime.database.session_factory = sessionmaker(bind=down)
-    try:
-        response = post(client, runtime, params)
-    finally:
-        close_db_session()
-        runtime.database.session_factory = bound
-        down.dispose()
+    response = post_while_the_database_is_down(client, runtime, params)
     assert message_of(response) is None, "Twilio does not retry, so the text is accepted and kept"
     assert spool.depth(runtime.redis) == 1
     raw = runtime.redis.lindex(spool.SPOOL_KEY, 0)
@@ -408,6 +404,40 @@ def test_database_down_spools_the_text_and_the_scheduler_replays_it(
     assert session.get(Partner, sam.id).consent(Channel.SMS) is ConsentState.CONFIRMED  # type: ignore[union-attr]
     # The replay went through the same dedupe: Twilio's own retry of it now changes nothing.
     assert message_of(post(client, runtime, params)) is None
+    answers = session.scalars(select(Nudge).where(Nudge.kind == NudgeKind.KEYWORD_ANSWER)).all()
+    assert answers == [], "an opted-out number gets no late answer (Twilio confirms a STOP itself)"
+
+
+def post_while_the_database_is_down(client: FlaskClient, runtime: Runtime, params: dict[str, str]) -> Any:
+    bound = runtime.database.session_factory
+    close_db_session()
+    # A real driver failing to reach a real (absent) server: nothing listens on port 1.
+    down = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/closer?connect_timeout=2")
+    runtime.database.session_factory = sessionmaker(bind=down)
+    try:
+        return post(client, runtime, params)
+    finally:
+        close_db_session()
+        runtime.database.session_factory = bound
+        down.dispose()
+
+
+def test_a_spooled_keyword_gets_its_answer_as_a_message_once_replayed(
+    client: FlaskClient, db: Session, runtime: Runtime
+) -> None:
+    couple = make_couple(db)
+    alex = couple.partners[0]
+    alex.quiet_start = alex.quiet_end = time(0, 0)
+    db.commit()
+    assert alex.phone_e164
+    assert message_of(post_while_the_database_is_down(client, runtime, params_for(alex.phone_e164, "LOG"))) is None
+    assert drain_spool(runtime) == 1
+    session = db_session()
+    answers = session.scalars(select(Nudge).where(Nudge.kind == NudgeKind.KEYWORD_ANSWER)).all()
+    assert len(answers) == 1 and answers[0].partner_id == alex.id and answers[0].channel == Channel.SMS
+    assert answers[0].status == NudgeStatus.QUEUED and answers[0].body_text
+    assert log_url(runtime.settings, alex.log_token) in answers[0].body_text
+    assert Queue(QUEUE_SEND, connection=runtime.redis).count == 1, "enqueued after the replay's commit"
 
 
 def test_the_empty_answer_is_what_the_twilio_sdk_renders() -> None:
