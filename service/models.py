@@ -16,7 +16,6 @@ from sqlalchemy import (
     Text,
     Time,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -240,19 +239,9 @@ class Nudge(Base):
         UniqueConstraint("enrollment_id", "kind", "step_day", "partner_id", "channel"),
         Index("ix_nudges_status_scheduled_for", "status", "scheduled_for"),
         # The operator's numbers: each a time-window range scan (service/domain/ops_status.py).
-        # Partial where the column starts out empty: a nudge changes status three or four times on its
-        # way out, and each change writes a new row version into every index whose predicate it meets.
-        Index("ix_nudges_sent_at_channel_kind", "sent_at", "channel", "kind",
-              postgresql_where=text("sent_at IS NOT NULL"), sqlite_where=text("sent_at IS NOT NULL")),
-        Index("ix_nudges_delivered_at_channel", "delivered_at", "channel",
-              postgresql_where=text("delivered_at IS NOT NULL"), sqlite_where=text("delivered_at IS NOT NULL")),
+        Index("ix_nudges_sent_at_channel_kind", "sent_at", "channel", "kind"),
+        Index("ix_nudges_delivered_at_channel", "delivered_at", "channel"),
         Index("ix_nudges_status_sending_at", "status", "sending_at", "channel", "error_code"),
-        Index("ix_nudges_provider_message_id", "provider_message_id",
-              postgresql_where=text("provider_message_id IS NOT NULL"),
-              sqlite_where=text("provider_message_id IS NOT NULL")),
-        # Queries ask `needs_review IS true`, the same expression, so the planner can use it.
-        Index("ix_nudges_needs_review", "needs_review",
-              postgresql_where=text("needs_review IS true"), sqlite_where=text("needs_review IS 1")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -269,9 +258,9 @@ class Nudge(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    provider_message_id: Mapped[str | None] = mapped_column(String(128))
+    provider_message_id: Mapped[str | None] = mapped_column(String(128), index=True)
     error_code: Mapped[str | None] = mapped_column(String(32))
-    needs_review: Mapped[bool] = mapped_column(Boolean, default=False)
+    needs_review: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     # The RQ job last asked to send this nudge: the scheduler re-enqueues a `queued` nudge only when
     # that job is gone from Redis, not every few minutes while a long queue drains.
     send_job_id: Mapped[str | None] = mapped_column(String(64))
