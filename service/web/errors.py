@@ -6,6 +6,7 @@ import logging
 
 from flask import Flask, Response, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,17 @@ def register(app: Flask) -> None:
         if exc.code == 429:
             return error_response(429, "Please slow down", "Too many requests just now. Try again in a little while.")
         return error_response(exc.code, exc.name, exc.description or "")
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def _database_unavailable(exc: Exception) -> tuple[Response | str, int]:
+        # The database is down, restarting, or dropped this process's connection (the pool is renewed
+        # on such an error): nothing was written, so asking to try again is the honest answer.
+        log.warning("database unavailable", extra={"error": type(exc).__name__})
+        body, status = error_response(503, "Closer is briefly unavailable", "Please try again in a moment.")
+        response = app.make_response((body, status))
+        response.headers["Retry-After"] = "5"
+        return response, status
 
     @app.errorhandler(InternalServerError)
     def _internal(exc: InternalServerError) -> tuple[Response | str, int]:
