@@ -30,8 +30,6 @@ EVENTS_KEY = "closer:metrics:events"
 NUDGE_OUTCOMES = frozenset({"sent", "delivered", "failed", "undelivered", "retry", "review", "cancelled", "skipped"})
 CHANNELS = frozenset(c.value for c in Channel)
 REDIS_BACKOFF_SECONDS = 30.0
-# Replies stored without the ORM (the one-statement SMS path) are noted under the same key.
-_PENDING_REPLIES = PENDING_REPLIES_KEY
 
 _engines: dict[Engine, str] = {}
 _clients: dict[str, redis_lib.Redis] = {}
@@ -65,9 +63,7 @@ def _add(redis_url: str, fields: Mapping[str, int]) -> None:
 
 def count_nudges(runtime: Runtime, outcome: str, channel: str, kind: str, amount: int = 1) -> None:
     """Count nudge outcomes; call after the commit that recorded them. Never raises."""
-    if amount <= 0 or outcome not in NUDGE_OUTCOMES or channel not in CHANNELS:
-        return
-    _add(runtime.redis_url, {f"nudges|{outcome}|{channel}|{kind[:32]}": amount})
+    count_nudge_outcomes(runtime, {(outcome, channel, kind): amount})
 
 
 def count_nudge_outcomes(runtime: Runtime, counts: Mapping[tuple[str, str, str], int]) -> None:
@@ -83,12 +79,12 @@ def _note_replies(session: Session, _flush: UOWTransaction) -> None:
     path notes its own through `replies.note_stored_replies`)."""
     new = [obj.channel for obj in session.new if isinstance(obj, LogEntry)]
     if new:
-        pending: Tally[str] = session.info.setdefault(_PENDING_REPLIES, Tally())
+        pending: Tally[str] = session.info.setdefault(PENDING_REPLIES_KEY, Tally())
         pending.update(new)
 
 
 def _publish_replies(session: Session) -> None:
-    pending: Tally[str] | None = session.info.pop(_PENDING_REPLIES, None)
+    pending: Tally[str] | None = session.info.pop(PENDING_REPLIES_KEY, None)
     if not pending:
         return
     bind = session.get_bind()
@@ -99,7 +95,7 @@ def _publish_replies(session: Session) -> None:
 
 
 def _forget_replies(session: Session) -> None:
-    session.info.pop(_PENDING_REPLIES, None)
+    session.info.pop(PENDING_REPLIES_KEY, None)
 
 
 def install_reply_counter(runtime: Runtime) -> None:
@@ -110,7 +106,6 @@ def install_reply_counter(runtime: Runtime) -> None:
         event.listen(Session, "after_flush", _note_replies)
         event.listen(Session, "after_commit", _publish_replies)
         event.listen(Session, "after_rollback", _forget_replies)
-
 
 
 def count_callback_outcomes(runtime: Runtime, results: Iterable[CallbackResult]) -> None:
