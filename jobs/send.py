@@ -309,11 +309,11 @@ def send_batch(nudge_ids: list[int]) -> dict[str, int]:
     gate = _Gate()
     concurrency = min(len(plans), max(1, runtime.settings.send_concurrency))
     outcomes: Counter[Label] = Counter()
+    errors: list[BaseException] = []
     if concurrency <= 1:
         writer = _Direct(runtime.database)
         for plan in plans:
             outcomes[_label(send_one(runtime, plan, gate, writer), plan)] += 1
-        count_nudge_outcomes(runtime, outcomes)
     else:
         ledger = _ledger(runtime.database)
         pool = _executor(max(1, runtime.settings.send_concurrency))
@@ -323,17 +323,16 @@ def send_batch(nudge_ids: list[int]) -> dict[str, int]:
         # `concurrency` long-lived tasks each take the next plan until none is left.
         lanes = [pool.submit(_lane, runtime, todo, gate, ledger) for _ in range(concurrency)]
         wait(lanes)
-        errors: list[BaseException] = []
         for lane in lanes:
             lane_outcomes, lane_errors = lane.result()
             outcomes.update(lane_outcomes)
             errors.extend(lane_errors)
-        # Every outcome counted here is committed already, whether or not the batch fails below.
-        count_nudge_outcomes(runtime, outcomes)
-        if errors:
-            # Every other nudge of the batch is settled; failing the job lets RQ retry the rest.
-            log.error("send batch failed", extra={"errors": len(errors), "error": type(errors[0]).__name__})
-            raise errors[0]
+    # Every outcome counted here is committed already, whether or not the batch fails below.
+    count_nudge_outcomes(runtime, outcomes)
+    if errors:
+        # Every other nudge of the batch is settled; failing the job lets RQ retry the rest.
+        log.error("send batch failed", extra={"errors": len(errors), "error": type(errors[0]).__name__})
+        raise errors[0]
     totals: Counter[str] = Counter()
     for (outcome, _channel, _kind), amount in outcomes.items():
         totals[outcome] += amount
