@@ -390,19 +390,19 @@ def expire_unconfirmed_signups(session: Session, now: datetime, *, limit: int = 
         .where(Enrollment.status == EnrollmentStatus.PENDING, Enrollment.created_at < now - SIGNUP_EXPIRES_AFTER)
         .order_by(Enrollment.id).limit(limit).with_for_update(skip_locked=True)
     ).all()
+    if not expired:
+        return 0
     for enrollment in expired:
         enrollment.status, enrollment.ended_at = EnrollmentStatus.CANCELLED, now
         for partner in enrollment.couple.partners:
             partner.confirm_reminder_due_at = None
-            session.execute(
-                update(Nudge)
-                .where(Nudge.enrollment_id == enrollment.id, Nudge.partner_id == partner.id,
-                       Nudge.kind.in_(_CONFIRMATION_KINDS),
-                       Nudge.status.in_([NudgeStatus.SCHEDULED, NudgeStatus.QUEUED]))
-                .values(status=NudgeStatus.CANCELLED, status_reason="signup expired unconfirmed")
-            )
-    if expired:
-        log.info("unconfirmed signups expired", extra={"enrollments": len(expired)})
+    session.execute(
+        update(Nudge)
+        .where(Nudge.enrollment_id.in_([e.id for e in expired]), Nudge.kind.in_(_CONFIRMATION_KINDS),
+               Nudge.status.in_([NudgeStatus.SCHEDULED, NudgeStatus.QUEUED]))
+        .values(status=NudgeStatus.CANCELLED, status_reason="signup expired unconfirmed")
+    )
+    log.info("unconfirmed signups expired", extra={"enrollments": len(expired)})
     session.flush()
     return len(expired)
 
