@@ -242,11 +242,14 @@ class Nudge(Base):
         Index("ix_nudges_sent_at_channel_kind", "sent_at", "channel", "kind"),
         Index("ix_nudges_delivered_at_channel", "delivered_at", "channel"),
         Index("ix_nudges_status_sending_at", "status", "sending_at", "channel", "error_code"),
+        # An inbound reply looks up its partner's latest prompt: without sent_at beside partner_id, the
+        # planner walks the sent_at index backwards through every partner's recent sends instead.
+        Index("ix_nudges_partner_id_sent_at", "partner_id", "sent_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     enrollment_id: Mapped[int] = mapped_column(ForeignKey("enrollments.id", ondelete="CASCADE"))
-    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id", ondelete="CASCADE"), index=True)
+    partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(32), default=NudgeKind.PROMPT)
     step_day: Mapped[int] = mapped_column(Integer, default=0)
     channel: Mapped[str] = mapped_column(String(8))

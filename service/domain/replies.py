@@ -130,12 +130,14 @@ _CLAIM_SMS = f"""
 WITH partner AS (
     SELECT p.id, p.couple_id, p.sms_consent
     FROM partners AS p
+    LEFT JOIN LATERAL (
+        SELECT true AS live FROM enrollments AS e
+        WHERE e.couple_id = p.couple_id
+          AND e.status IN ('{EnrollmentStatus.ACTIVE.value}', '{EnrollmentStatus.PENDING.value}')
+        LIMIT 1
+    ) AS enrolled ON true
     WHERE p.phone_e164 = %(phone)s
-    ORDER BY (p.sms_consent = '{ConsentState.CONFIRMED.value}' AND EXISTS (
-                 SELECT FROM enrollments AS e
-                 WHERE e.couple_id = p.couple_id
-                   AND e.status IN ('{EnrollmentStatus.ACTIVE.value}', '{EnrollmentStatus.PENDING.value}'))) DESC,
-             p.id DESC
+    ORDER BY (p.sms_consent = '{ConsentState.CONFIRMED.value}' AND enrolled.live IS NOT NULL) DESC, p.id DESC
     LIMIT 1
 ), claim AS (
     INSERT INTO inbound_messages (provider, provider_message_id, channel, partner_id, kind, received_at)
