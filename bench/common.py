@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -85,6 +86,7 @@ class LoadResult:
     seconds: float
     statuses: dict[int, int]
     latencies: list[float]
+    cpu: dict[str, float]
 
     @property
     def rps(self) -> float:
@@ -101,6 +103,11 @@ class LoadResult:
     def line(self) -> str:
         return (f"{self.rps:8.1f} req/s  p50 {1000 * statistics.median(self.latencies):6.1f} ms  "
                 f"p99 {1000 * self.percentile(0.99):6.1f} ms  errors {self.errors}  statuses {self.statuses}")
+
+    def cpu_line(self) -> str:
+        """CPU milliseconds per request by kind of process: where the machine's two cores went."""
+        shares = sorted(self.cpu.items(), key=lambda item: -item[1])
+        return "  ".join(f"{kind} {1000 * seconds / self.requests:.2f}" for kind, seconds in shares if seconds > 0)
 
 
 async def _worker(host: str, port: int, requests: Sequence[bytes], cursor: list[int], result: LoadResult) -> None:
@@ -137,18 +144,44 @@ async def _worker(host: str, port: int, requests: Sequence[bytes], cursor: list[
         writer.close()
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each kind of process on the machine, by name."""
+    totals: dict[str, float] = {}
+    for process in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        times = process.info["cpu_times"]
+        if times is None:
+            continue
+        name = process.info["name"] or ""
+        cmdline = " ".join(process.info["cmdline"] or ())
+        if process.pid == os.getpid():
+            kind = "load generator"
+        elif "gunicorn" in cmdline:
+            kind = "gunicorn"
+        elif name.startswith("postgres") or "postgres:" in cmdline:
+            kind = "postgres"
+        elif name.startswith("redis"):
+            kind = "redis"
+        else:
+            kind = "other"
+        totals[kind] = totals.get(kind, 0.0) + times.user + times.system
+    return totals
+
+
 def run_load(url: str, requests: Sequence[bytes], connections: int) -> LoadResult:
     """Send every prepared request once over `connections` keep-alive connections; bounded by construction."""
     parsed = make_url_host(url)
-    result = LoadResult(requests=len(requests), seconds=0.0, statuses={}, latencies=[])
+    result = LoadResult(requests=len(requests), seconds=0.0, statuses={}, latencies=[], cpu={})
     cursor = [0]
 
     async def main() -> None:
         await asyncio.gather(*(_worker(parsed[0], parsed[1], requests, cursor, result) for _ in range(connections)))
 
+    cpu_before = cpu_seconds()
     started = time.perf_counter()
     asyncio.run(main())
     result.seconds = time.perf_counter() - started
+    cpu_after = cpu_seconds()
+    result.cpu = {kind: cpu_after[kind] - cpu_before.get(kind, 0.0) for kind in cpu_after}
     return result
 
 

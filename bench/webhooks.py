@@ -132,6 +132,11 @@ def main() -> int:
         with gunicorn("bench.bare_app:create_app()", env, **shape) as url:
             run_load(url, prepare(phones, 300, "warm-bare"), args.connections)
             bare = run_load(url, prepare(phones, args.requests, "bare"), args.connections)
+        floor = None
+        if database_url.startswith("postgresql"):
+            with gunicorn("bench.floor_app:create_app()", env, **shape) as url:
+                run_load(url, prepare(phones, 300, "warm-floor"), args.connections)
+                floor = run_load(url, prepare(phones, args.requests, "floor"), args.connections)
         with gunicorn("service.app:create_app()", env, **shape) as url:
             run_load(url, prepare(phones, 300, "warm"), args.connections)
             closer = run_load(url, prepare(phones, args.requests, "closer"), args.connections)
@@ -146,13 +151,23 @@ def main() -> int:
         reveals = session.scalar(select(func.count(Nudge.id)).where(Nudge.kind == NudgeKind.REVEAL))
         # Every body says "bench ... reply N": none may be readable in the table itself.
         readable = session.scalar(text("SELECT count(*) FROM log_entries WHERE position('bench'::bytea IN body) > 0"))
+        floor_stored = session.scalar(text("SELECT count(*) FROM bench_floor")) if floor is not None else 0
     database.dispose()
     expected = args.requests + 300
     ratio = closer.rps / bare.rps
     p99 = closer.percentile(0.99)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"bare endpoint : {bare.line()}")
+    if floor is not None:
+        print(f"floor endpoint: {floor.line()}  (signature check + one committed INSERT; {floor_stored} rows)")
     print(f"closer webhook: {closer.line()}")
+    print(f"CPU ms per request, bare  : {bare.cpu_line()}")
+    if floor is not None:
+        print(f"CPU ms per request, floor : {floor.cpu_line()}")
+    print(f"CPU ms per request, closer: {closer.cpu_line()}")
+    if floor is not None:
+        print(f"floor/bare: {floor.rps / bare.rps:.2f} (the most an endpoint that commits before it answers reaches "
+              f"here); closer/floor: {closer.rps / floor.rps:.2f} (what Closer's own work costs)")
     print(f"ratio closer/bare: {ratio:.2f} (target >= 0.50); p99 {1000 * p99:.1f} ms "
           f"(target < 100 ms); stored {stored} of {expected} replies ({distinct_ids} distinct MessageSids, "
           f"{tied} tied to their prompt, {readable} readable at rest), {reveals} reveals queued; "

@@ -1,0 +1,54 @@
+"""The floor for bench/webhooks.py: the least an inbound SMS endpoint can do and still keep the promise
+that an accepted reply is never lost, in the same Flask and gunicorn as the other two.
+
+It checks the Twilio signature and commits the message (one INSERT, deduplicated on MessageSid) to
+PostgreSQL before answering empty TwiML; nothing else: no partner lookup, no prompt, no encryption, no
+ORM, no pool (each gunicorn thread keeps one psycopg connection). Closer cannot be faster than this
+while it commits before it answers, so its rate against this one shows what Closer's own logic costs,
+and this one's rate against the bare endpoint shows what the durable commit alone costs on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import psycopg
+from flask import Flask, Response, abort, request
+from twilio.request_validator import RequestValidator
+
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
+
+
+def create_app() -> Flask:
+    conninfo = os.environ["DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://", 1)
+    validator = RequestValidator(os.environ["TWILIO_AUTH_TOKEN"])
+    signed_url = os.environ["PUBLIC_BASE_URL"].rstrip("/") + "/webhooks/twilio/sms"
+    local = threading.local()
+    with psycopg.connect(conninfo, autocommit=True) as setup:
+        setup.execute("CREATE TABLE IF NOT EXISTS bench_floor (message_sid text PRIMARY KEY, body text NOT NULL, "
+                      "received_at timestamptz NOT NULL DEFAULT now())")
+
+    def connection() -> psycopg.Connection[tuple[object, ...]]:
+        conn: psycopg.Connection[tuple[object, ...]] | None = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = psycopg.connect(conninfo)
+        return conn
+
+    app = Flask(__name__)
+
+    @app.post("/webhooks/twilio/sms")
+    def inbound() -> Response:
+        if not validator.validate(signed_url, request.form, request.headers.get("X-Twilio-Signature", "")):
+            abort(403)
+        conn = connection()
+        with conn.transaction():
+            conn.execute("INSERT INTO bench_floor (message_sid, body) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                         (request.form["MessageSid"], request.form.get("Body", "")))
+        return Response(EMPTY_TWIML, mimetype="text/xml")
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return Response("ok")
+
+    return app
