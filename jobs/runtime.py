@@ -14,6 +14,7 @@ from flask import Flask, current_app, has_app_context
 from redis import Redis
 from rq import Queue, SimpleWorker, Worker
 
+from service import telemetry
 from service.runtime import Runtime, current_runtime
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,14 @@ def job(fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         app = _app()
-        if has_app_context():
-            return fn(*args, **kwargs)
-        with app.app_context():
-            return fn(*args, **kwargs)
+        try:
+            if has_app_context():
+                return fn(*args, **kwargs)
+            with app.app_context():
+                return fn(*args, **kwargs)
+        finally:
+            # A forked work horse ends with os._exit, which skips atexit: its counts go now.
+            telemetry.flush()
 
     return wrapper
 

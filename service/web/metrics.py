@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from service.models import Nudge
 from service.runtime import Runtime, current_runtime, db_session, runtime_of
 from service.telemetry import EVENTS_KEY, install_reply_counter
+from service.telemetry import flush as flush_counts
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class LiveCollector(Collector):
         redis_ok = True
         try:
             redis = self.runtime.redis
+            flush_counts()  # this process's own last second, so a scrape right after an event sees it
             events = {k.decode(): int(v) for k, v in redis.hgetall(EVENTS_KEY).items()}
             depth = GaugeMetricFamily("closer_queue_depth", "Jobs waiting in each RQ queue.", labels=["queue"])
             age = GaugeMetricFamily("closer_queue_oldest_job_age_seconds",

@@ -139,9 +139,11 @@ def test_counting_never_raises_and_backs_off_when_redis_is_down(runtime: Runtime
     unreachable = Runtime(settings=runtime.settings, database=runtime.database, redis_url="redis://127.0.0.1:1/0",
                           providers=runtime.providers, programs=runtime.programs)
     telemetry.count_nudges(unreachable, "sent", "sms", "prompt")
+    telemetry.flush()
     assert telemetry._redis_down_until > time.monotonic()
     # While backing off it does not even try: the same call is free.
     telemetry.count_nudges(unreachable, "sent", "sms", "prompt")
+    telemetry.flush()
 
 
 # --- several gunicorn workers -------------------------------------------------------------------
