@@ -22,14 +22,14 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from queue import Empty, SimpleQueue
 from typing import Protocol
 
-from rq import Queue, Retry
+from rq import Queue, Retry, get_current_job
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -109,9 +109,14 @@ class _Gate:
 class _Settled(Protocol):
     def wait(self) -> bool: ...
 
+    def ready(self) -> bool: ...
+
 
 class _Done:
     def wait(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
         return True
 
 
@@ -157,6 +162,9 @@ class _Entry:
     def answer(self, result: bool = False, error: BaseException | None = None) -> None:
         self.result, self.error = result, error
         self.done.release()
+
+    def ready(self) -> bool:
+        return not self.done.locked()
 
     def wait(self) -> bool:
         self.done.acquire()
@@ -261,9 +269,165 @@ def _fail(round_: list[_Entry], exc: BaseException) -> None:
         entry.answer(error=exc)
 
 
+Label = tuple[str, str, str]  # (outcome, channel, kind), as /metrics labels a nudge outcome
+
+
+def _label(outcome: SendOutcome, plan: SendPlan) -> Label:
+    return outcome.value, plan.channel.value, plan.kind.value
+
+
+class _Batch:
+    """One send job's nudges as the process' sending threads work through them.
+
+    The job waits until each of its nudges is past its claim (claimed, or settled without one), so a
+    claim that failed still fails the job and RQ retries it. With more send jobs waiting it then hands
+    its last provider calls to the threads and ends: the next job's nudges start as soon as a thread
+    is free, instead of most threads idling while a batch's last calls finish. Every claim is still
+    taken before its call and no more calls are in flight than `SEND_CONCURRENCY`, so a kill -9 leaves
+    no more nudges in doubt than before. Whoever settles a batch's last nudge counts its outcomes.
+    """
+
+    def __init__(self, runtime: Runtime, size: int) -> None:
+        self.runtime = runtime
+        self.gate = _Gate()
+        self.outcomes: Counter[Label] = Counter()
+        self.errors: list[BaseException] = []
+        self._lock = threading.Lock()
+        self._unclaimed = self._unsettled = size
+        self._detached = False
+        self.claimed = threading.Event()
+        self.settled = threading.Event()
+        if size == 0:
+            self.claimed.set()
+            self.settled.set()
+
+    def passed_claim(self) -> None:
+        with self._lock:
+            self._unclaimed -= 1
+            if self._unclaimed == 0:
+                self.claimed.set()
+
+    def settle(self, label: Label | None = None, error: BaseException | None = None) -> None:
+        with self._lock:
+            if label is not None:
+                self.outcomes[label] += 1
+            if error is not None:
+                self.errors.append(error)
+            self._unsettled -= 1
+            last = self._unsettled == 0
+            count = last and self._detached
+        if last:
+            self.settled.set()
+        if count:
+            self.count()
+            if self.errors:
+                # Only failures after a claim get here (the nudge stays `sending` for review, or went
+                # back to `queued` for the scheduler to enqueue again): a retry of the job could do nothing.
+                log.error("send batch tail failed", extra={"errors": len(self.errors),
+                                                           "error": type(self.errors[0]).__name__})
+
+    def so_far(self) -> tuple[Counter[Label], list[BaseException]]:
+        with self._lock:
+            return Counter(self.outcomes), list(self.errors)
+
+    def detach(self) -> bool:
+        """Leave the rest to the sending threads; False when there is no rest (the job counts it all)."""
+        with self._lock:
+            self._detached = self._unsettled > 0
+            return self._detached
+
+    def count(self) -> None:
+        try:
+            count_nudge_outcomes(self.runtime, self.outcomes)
+        except Exception:
+            log.exception("could not count a batch's outcomes")
+
+
+class _Lanes:
+    """The process' sending threads and the nudges waiting for one: the threads outlive a job (and so
+    do their keep-alive connections), and take the next nudge whichever job it came from."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="closer-send")
+        self.todo: SimpleQueue[tuple[SendPlan, _Batch]] = SimpleQueue()
+        self.active = 0
+        self.lock = threading.Lock()
+
+    def run(self, runtime: Runtime, ledger: Ledger, plans: list[SendPlan], batch: _Batch) -> None:
+        for plan in plans:
+            self.todo.put((plan, batch))
+        with self.lock:
+            start = min(len(plans), self.size - self.active)
+            self.active += start
+        for _ in range(start):
+            self.pool.submit(self._lane, runtime, ledger)
+
+    def _lane(self, runtime: Runtime, ledger: Ledger) -> None:
+        records: list[tuple[_Settled, _Batch, Label]] = []
+        while True:
+            records = _harvest(records, block=False)
+            try:
+                plan, batch = self.todo.get_nowait()
+            except Empty:
+                with self.lock:
+                    # Checked under the lock a new batch takes to count the running threads: a nudge put
+                    # after this check is seen by that count and gets a thread of its own.
+                    if self.todo.empty():
+                        self.active -= 1
+                        break
+                continue
+            _send_in_lane(runtime, plan, batch, ledger, records)
+        _harvest(records, block=True)
+
+
+def _send_in_lane(
+    runtime: Runtime, plan: SendPlan, batch: _Batch, writer: _Writer, records: list[tuple[_Settled, _Batch, Label]]
+) -> None:
+    passed = False
+
+    def claimed() -> None:
+        nonlocal passed
+        passed = True
+        batch.passed_claim()
+
+    pending: list[_Settled] = []
+    try:
+        outcome = send_one(runtime, plan, batch.gate, writer, pending, claimed=claimed)
+    except Exception as exc:
+        if not passed:
+            batch.passed_claim()
+        batch.settle(error=exc)
+        return
+    if not passed:
+        batch.passed_claim()
+    if pending:
+        records.append((pending[0], batch, _label(outcome, plan)))
+    else:
+        batch.settle(_label(outcome, plan))
+
+
+def _harvest(
+    records: list[tuple[_Settled, _Batch, Label]], *, block: bool
+) -> list[tuple[_Settled, _Batch, Label]]:
+    """Settle the sends whose "sent" record the ledger has written (all of them when `block`)."""
+    left = []
+    for record, batch, label in records:
+        if not block and not record.ready():
+            left.append((record, batch, label))
+            continue
+        try:
+            record.wait()
+        except Exception as exc:
+            batch.settle(error=exc)
+        else:
+            batch.settle(label)
+    return left
+
+
 _ledgers: dict[tuple[int, int], Ledger] = {}
-_pool: ThreadPoolExecutor | None = None
-_pool_key: tuple[int, int] | None = None
+_lanes: _Lanes | None = None
+_lanes_key: tuple[int, int] | None = None
 _lock = threading.Lock()
 # Settling a failure takes a connection of its own; a storm of failures must not exhaust the pool.
 _failure_slots = threading.BoundedSemaphore(4)
@@ -277,25 +441,29 @@ def _ledger(database: Database) -> Ledger:
         return _ledgers[key]
 
 
-def _executor(size: int) -> ThreadPoolExecutor:
-    """The process' sending threads: they outlive a job, and so do their keep-alive connections."""
-    global _pool, _pool_key
+def _sending_threads(size: int) -> _Lanes:
+    """The process' sending threads for this concurrency."""
+    global _lanes, _lanes_key
     with _lock:
         key = (os.getpid(), size)
-        if _pool is None or _pool_key != key:
-            _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="closer-send")
-            _pool_key = key
+        if _lanes is None or _lanes_key != key:
+            _lanes = _Lanes(size)
+            _lanes_key = key
             # With dozens of sending threads, a thread whose answer (or rate-limit admission) just came
             # back would wait up to 5 ms per busy thread for the GIL; a shorter slice keeps that small.
             sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
-        return _pool
+        return _lanes
 
 
-Label = tuple[str, str, str]  # (outcome, channel, kind), as /metrics labels a nudge outcome
-
-
-def _label(outcome: SendOutcome, plan: SendPlan) -> Label:
-    return outcome.value, plan.channel.value, plan.kind.value
+def _more_jobs_waiting(runtime: Runtime) -> bool:
+    """True when this runs as an RQ job and more jobs wait in its queue (one LLEN a batch)."""
+    current = get_current_job()
+    if current is None:
+        return False
+    try:
+        return Queue(current.origin, connection=runtime.redis).count > 0
+    except Exception:
+        return False
 
 
 @job
@@ -306,29 +474,24 @@ def send_batch(nudge_ids: list[int]) -> dict[str, int]:
             log.info("sending paused: batch left queued", extra={"nudges": len(nudge_ids)})
             return {SendOutcome.PAUSED.value: len(nudge_ids)}
         plans = load_plans(session, nudge_ids, runtime.settings)
-    gate = _Gate()
-    concurrency = min(len(plans), max(1, runtime.settings.send_concurrency))
-    outcomes: Counter[Label] = Counter()
-    errors: list[BaseException] = []
-    if concurrency <= 1:
+    batch = _Batch(runtime, len(plans))
+    detached = False
+    if min(len(plans), max(1, runtime.settings.send_concurrency)) <= 1:
         writer = _Direct(runtime.database)
         for plan in plans:
-            outcomes[_label(send_one(runtime, plan, gate, writer), plan)] += 1
+            batch.settle(_label(send_one(runtime, plan, batch.gate, writer), plan))
     else:
-        ledger = _ledger(runtime.database)
-        pool = _executor(max(1, runtime.settings.send_concurrency))
-        todo: SimpleQueue[SendPlan] = SimpleQueue()
-        for plan in plans:
-            todo.put(plan)
-        # `concurrency` long-lived tasks each take the next plan until none is left.
-        lanes = [pool.submit(_lane, runtime, todo, gate, ledger) for _ in range(concurrency)]
-        wait(lanes)
-        for lane in lanes:
-            lane_outcomes, lane_errors = lane.result()
-            outcomes.update(lane_outcomes)
-            errors.extend(lane_errors)
-    # Every outcome counted here is committed already, whether or not the batch fails below.
-    count_nudge_outcomes(runtime, outcomes)
+        lanes = _sending_threads(max(1, runtime.settings.send_concurrency))
+        lanes.run(runtime, _ledger(runtime.database), plans, batch)
+        batch.claimed.wait()
+        if batch.errors or not _more_jobs_waiting(runtime) or not batch.detach():
+            batch.settled.wait()
+        else:
+            detached = True
+    outcomes, errors = batch.so_far()
+    if not detached:
+        # Every outcome counted here is committed already, whether or not the batch fails below.
+        batch.count()
     if errors:
         # Every other nudge of the batch is settled; failing the job lets RQ retry the rest.
         log.error("send batch failed", extra={"errors": len(errors), "error": type(errors[0]).__name__})
@@ -336,35 +499,15 @@ def send_batch(nudge_ids: list[int]) -> dict[str, int]:
     totals: Counter[str] = Counter()
     for (outcome, _channel, _kind), amount in outcomes.items():
         totals[outcome] += amount
+    if detached:
+        totals["in_flight"] = len(plans) - sum(outcomes.values())
     log.info("batch sent", extra={"nudges": len(nudge_ids), **{f"n_{k}": v for k, v in totals.items()}})
     return dict(totals)
 
 
-def _lane(
-    runtime: Runtime, todo: SimpleQueue[SendPlan], gate: _Gate, writer: _Writer
-) -> tuple[Counter[Label], list[BaseException]]:
-    outcomes: Counter[Label] = Counter()
-    errors: list[BaseException] = []
-    records: list[_Settled] = []
-    while True:
-        try:
-            plan = todo.get_nowait()
-        except Empty:
-            break
-        try:
-            outcomes[_label(send_one(runtime, plan, gate, writer, records), plan)] += 1
-        except Exception as exc:
-            errors.append(exc)
-    for record in records:
-        try:
-            record.wait()
-        except Exception as exc:
-            errors.append(exc)
-    return outcomes, errors
-
-
 def send_one(
-    runtime: Runtime, plan: SendPlan, gate: _Gate, writer: _Writer, records: list[_Settled] | None = None
+    runtime: Runtime, plan: SendPlan, gate: _Gate, writer: _Writer, records: list[_Settled] | None = None,
+    claimed: Callable[[], None] | None = None,
 ) -> SendOutcome:
     if gate.paused:
         return SendOutcome.PAUSED
@@ -388,6 +531,8 @@ def send_one(
         if outcome is SendOutcome.PAUSED:
             gate.paused = True
         return outcome
+    if claimed is not None:
+        claimed()
     try:
         # The rate admission runs inside the transport, right before the request is written.
         with admission(lambda: admit(runtime, plan.channel)):

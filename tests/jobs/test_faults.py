@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 
+from rq.job import Job
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -26,6 +27,7 @@ from service.providers import Providers
 from service.runtime import Runtime
 from tests.factories import make_couple
 from tests.support.fake_providers import FakeProviders
+from tests.support.metrics import counted
 from tests.support.sending import Scratch, run_worker_burst, sdk_providers, wait_for
 
 UNSETTLED = (NudgeStatus.SCHEDULED, NudgeStatus.QUEUED)
@@ -211,3 +213,25 @@ def test_the_same_batch_run_twice_at_once_sends_each_nudge_once(scratch: Scratch
         nudges = scratch_nudges(scratch)
         assert assert_none_lost_or_doubled(fake, nudges) == {"sent": 80}
     assert sum(r.get("sent", 0) for r in results) == 80
+
+
+def test_with_more_batches_waiting_a_job_hands_its_last_calls_to_the_sending_threads(scratch: Scratch) -> None:
+    """A job ends once each of its nudges is claimed when more jobs wait, so the next job's nudges take
+    threads as they come free; every nudge still goes once, and is counted once."""
+    with FakeProviders(latency=0.2) as fake:
+        scratch.runtime.providers = sdk_providers(scratch.settings, twilio_url=fake.url, sendgrid_url=fake.url)
+        scratch.runtime.settings = scratch.settings.with_overrides(send_concurrency=2, send_batch_size=2)
+        start = seed_scratch(scratch, 2, email=True)
+        before = {c: counted(scratch.runtime, "nudges", "sent", c, "prompt") for c in ("sms", "email")}
+        assert run_pass(scratch.runtime, start)["created"] == 8
+        job_ids = {n.send_job_id for n in scratch_nudges(scratch)}
+        assert len(job_ids) == 4
+        with scratch.app.app_context():
+            run_worker_burst(scratch.runtime.redis)
+        assert wait_for(lambda: {n.status for n in scratch_nudges(scratch)} == {NudgeStatus.SENT}, timeout=10)
+        results = [Job.fetch(job_id, connection=scratch.runtime.redis).return_value() or {}
+                   for job_id in job_ids if job_id]
+        assert sum(r.get("in_flight", 0) for r in results) > 0, "no job handed off its last calls"
+        assert assert_none_lost_or_doubled(fake, scratch_nudges(scratch)) == {"sent": 8}
+        assert wait_for(lambda: {c: counted(scratch.runtime, "nudges", "sent", c, "prompt") - before[c]
+                                 for c in before} == {"sms": 4, "email": 4}, timeout=10)
