@@ -41,15 +41,14 @@ from service.domain.outbound import (
     SendOutcome,
     SendPlan,
     apply_guard,
+    claim_and_record_rows,
     claim_many,
-    claim_rows,
     compose,
     explain_failed_claim,
     fail_unsendable,
     load_plans,
     record_failure,
     record_sent_many,
-    record_sent_rows,
     release_claim,
     remember_jobs,
     seal,
@@ -179,9 +178,9 @@ class Ledger:
 
     Each claim is still taken by the conditional UPDATE before that nudge's provider call, but a round
     of them costs one statement instead of one transaction each. On PostgreSQL the ledger keeps its own
-    autocommit connection (each statement is atomic by itself, so a round is two round trips). A round
-    that fails on a dropped connection is tried again on a new one; a claim whose commit was lost that
-    way only ever fails safe (the nudge stays `sending` and goes to review).
+    autocommit connection (each statement is atomic by itself), and a round's claims and records go in
+    one statement. A round that fails on a dropped connection is tried again on a new one; a claim whose
+    commit was lost that way only ever fails safe (the nudge stays `sending` and goes to review).
     """
 
     MAX_ROUND = 500
@@ -226,9 +225,7 @@ class Ledger:
             return won
         if self._connection is None:
             self._connection = self._database.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        won = claim_rows(self._connection, claims, now)
-        record_sent_rows(self._connection, sent, now)
-        return won
+        return claim_and_record_rows(self._connection, claims, sent, now)
 
     def _write(self, round_: list[_Entry]) -> None:
         claims = [Claim(e.nudge_id, e.store, e.sealed) for e in round_ if e.store is not None]

@@ -405,8 +405,12 @@ _PG_RECORD_SENT = (
     "error_code = CASE WHEN n.status = 'sending' THEN NULL ELSE n.error_code END, "
     "status_reason = CASE WHEN n.status = 'sending' THEN NULL ELSE n.status_reason END, "
     "needs_review = CASE WHEN n.status = 'sending' THEN false ELSE n.needs_review END "
-    "FROM unnest(CAST(%(ids)s AS integer[]), CAST(%(pids)s AS varchar[])) AS v(id, pid) WHERE n.id = v.id"
+    "FROM unnest(CAST(%(sent_ids)s AS integer[]), CAST(%(pids)s AS varchar[])) AS v(id, pid) WHERE n.id = v.id"
 )
+# A worker's ledger round usually holds both claims and records: one statement (a data-modifying WITH)
+# writes both, so PostgreSQL runs and commits one statement a round instead of two. A record is only
+# ever sent after its nudge's claim was committed in an earlier round, so the two never touch one row.
+_PG_CLAIM_AND_RECORD = f"WITH recorded AS ({_PG_RECORD_SENT}) {_PG_CLAIM}"
 
 
 def pg_int_array(values: list[int]) -> str:
@@ -441,13 +445,7 @@ def claim_rows(connection: Connection, claims: list[Claim], now: datetime) -> se
     if not claims:
         return set()
     if connection.dialect.name == "postgresql":
-        sealed = [c.sealed if c.sealed is not None else seal(c.store) for c in claims]
-        return set(connection.exec_driver_sql(_PG_CLAIM, {
-            "now": now, "ids": pg_int_array([c.nudge_id for c in claims]),
-            "subjects": pg_text_array([s[0] for s in sealed]),
-            "texts": pg_text_array([s[1] for s in sealed]),
-            "htmls": pg_text_array([s[2] for s in sealed]),
-        }).scalars())
+        return set(connection.exec_driver_sql(_PG_CLAIM, {"now": now, **_pg_claim_arrays(claims)}).scalars())
     nudges = _NUDGES.c
     with_text = [c for c in claims if c.store]
     if with_text:
@@ -467,6 +465,28 @@ def claim_rows(connection: Connection, claims: list[Claim], now: datetime) -> se
         .returning(nudges.id)
     ).scalars().all()
     return set(won)
+
+
+def _pg_claim_arrays(claims: list[Claim]) -> dict[str, str]:
+    sealed = [c.sealed if c.sealed is not None else seal(c.store) for c in claims]
+    return {"ids": pg_int_array([c.nudge_id for c in claims]), "subjects": pg_text_array([s[0] for s in sealed]),
+            "texts": pg_text_array([s[1] for s in sealed]), "htmls": pg_text_array([s[2] for s in sealed])}
+
+
+def _pg_sent_arrays(sent: list[tuple[int, str]]) -> dict[str, str]:
+    return {"sent_ids": pg_int_array([i for i, _ in sent]), "pids": pg_text_array([p for _, p in sent])}
+
+
+def claim_and_record_rows(
+    connection: Connection, claims: list[Claim], sent: list[tuple[int, str]], now: datetime
+) -> set[int]:
+    """`claim_rows` and `record_sent_rows` together; on PostgreSQL, in one statement when there are both."""
+    if not (claims and sent) or connection.dialect.name != "postgresql":
+        won = claim_rows(connection, claims, now)
+        record_sent_rows(connection, sent, now)
+        return won
+    return set(connection.exec_driver_sql(_PG_CLAIM_AND_RECORD, {
+        "now": now, **_pg_claim_arrays(claims), **_pg_sent_arrays(sent)}).scalars())
 
 
 def claim(session: Session, plan: SendPlan, now: datetime, store: dict[str, str | None]) -> bool:
@@ -534,8 +554,7 @@ def record_sent_rows(connection: Connection, sent: list[tuple[int, str]], now: d
         return
     table = _NUDGES
     if connection.dialect.name == "postgresql":
-        connection.exec_driver_sql(_PG_RECORD_SENT, {"now": now, "ids": pg_int_array([i for i, _ in sent]),
-                                                     "pids": pg_text_array([p for _, p in sent])})
+        connection.exec_driver_sql(_PG_RECORD_SENT, {"now": now, **_pg_sent_arrays(sent)})
         return
     rows = [{"b_id": nudge_id, "b_pid": message_id, "b_at": now} for nudge_id, message_id in sent]
     connection.execute(
