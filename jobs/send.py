@@ -318,8 +318,9 @@ class _Batch:
         if count:
             self.count()
             if self.errors:
-                # Only failures after a claim get here (the nudge stays `sending` for review, or went
-                # back to `queued` for the scheduler to enqueue again): a retry of the job could do nothing.
+                # Only failures after a claim get here, and the job has ended: the nudge stays `sending`
+                # (review), or Redis failed the admission and it went back to `queued`, which the scheduler
+                # enqueues again once it has waited STALE_QUEUED_AFTER with no live job.
                 log.error("send batch tail failed", extra={"errors": len(self.errors),
                                                            "error": type(self.errors[0]).__name__})
 
