@@ -453,10 +453,25 @@ def _sending_threads(size: int) -> _Lanes:
         return _lanes
 
 
+_forked = False
+
+
+def _note_fork() -> None:
+    global _forked
+    _forked = True
+
+
+# A forking RQ worker (`closer worker --fork`) runs each job in a child that exits with os._exit as soon as
+# the job returns, taking the sending threads and their calls in flight with it (each such nudge would end
+# up held for review). In any forked child, then, a job waits for its whole batch.
+os.register_at_fork(after_in_child=_note_fork)
+
+
 def _more_jobs_waiting(runtime: Runtime) -> bool:
-    """True when this runs as an RQ job and more jobs wait in its queue (one LLEN a batch)."""
+    """True when this runs as an RQ job in a process that outlives it, and more jobs wait in its queue
+    (one LLEN a batch)."""
     current = get_current_job()
-    if current is None:
+    if current is None or _forked:
         return False
     try:
         return Queue(current.origin, connection=runtime.redis).count > 0

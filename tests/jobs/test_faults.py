@@ -15,10 +15,12 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 
+from rq import Queue, Worker
 from rq.job import Job
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from jobs.runtime import QUEUE_NAMES
 from jobs.scheduler import run_pass
 from jobs.send import send_batch
 from service.domain.outbound import MAX_ATTEMPTS
@@ -235,3 +237,26 @@ def test_with_more_batches_waiting_a_job_hands_its_last_calls_to_the_sending_thr
         assert assert_none_lost_or_doubled(fake, scratch_nudges(scratch)) == {"sent": 8}
         assert wait_for(lambda: {c: counted(scratch.runtime, "nudges", "sent", c, "prompt") - before[c]
                                  for c in before} == {"sms": 4, "email": 4}, timeout=10)
+
+
+def test_a_forked_work_horse_waits_for_its_whole_batch(scratch: Scratch) -> None:
+    """`closer worker --fork`: each job's child exits as soon as the job returns, so a job there must not
+    hand calls off to threads that die with it; every nudge is sent, none is left for review."""
+    with FakeProviders(latency=0.2) as fake:
+        scratch.runtime.providers = sdk_providers(scratch.settings, twilio_url=fake.url, sendgrid_url=fake.url)
+        scratch.runtime.settings = scratch.settings.with_overrides(send_concurrency=2, send_batch_size=2)
+        start = seed_scratch(scratch, 2, email=True)
+        assert run_pass(scratch.runtime, start)["created"] == 8
+        job_ids = {n.send_job_id for n in scratch_nudges(scratch)}
+        scratch.runtime.database.engine.dispose()  # no pooled connection may be shared with the children
+        with scratch.app.app_context():
+            queues = [Queue(name, connection=scratch.runtime.redis) for name in QUEUE_NAMES]
+            Worker(queues, connection=scratch.runtime.redis).work(burst=True, logging_level="WARNING")
+        nudges = scratch_nudges(scratch)
+        assert {n.status for n in nudges} == {NudgeStatus.SENT}
+        assert not [n for n in nudges if n.needs_review]
+        results = [Job.fetch(job_id, connection=scratch.runtime.redis).return_value() or {}
+                   for job_id in job_ids if job_id]
+        assert sum(r.get("sent", 0) for r in results) == 8
+        assert not [r for r in results if r.get("in_flight")]
+        assert assert_none_lost_or_doubled(fake, nudges) == {"sent": 8}
