@@ -51,3 +51,24 @@ def test_upgrade_check_downgrade_upgrade(scratch_settings: Settings) -> None:
     check(scratch_settings)
     backend = make_url(scratch_settings.database_url).get_backend_name()
     print(f"migrations: upgrade, check, downgrade to base and upgrade passed on {backend}")
+
+
+def test_0002_rebuilds_an_index_a_failed_concurrent_build_left_invalid(scratch_settings: Settings) -> None:
+    if make_url(scratch_settings.database_url).get_backend_name() != "postgresql":
+        pytest.skip("CREATE INDEX CONCURRENTLY and invalid indexes are PostgreSQL's")
+    upgrade(scratch_settings, "0001")
+    engine = make_engine(scratch_settings.database_url)
+    try:
+        with engine.begin() as conn:  # what an interrupted CONCURRENTLY build leaves: an index marked invalid
+            conn.execute(text("CREATE INDEX ix_nudges_partner_id_sent_at ON nudges (partner_id)"))
+            conn.execute(text("UPDATE pg_index SET indisvalid = false "
+                              "WHERE indexrelid = 'ix_nudges_partner_id_sent_at'::regclass"))
+        upgrade(scratch_settings)
+        with engine.connect() as conn:
+            valid, definition = conn.execute(text(
+                "SELECT i.indisvalid, pg_get_indexdef(i.indexrelid) FROM pg_index AS i "
+                "WHERE i.indexrelid = 'ix_nudges_partner_id_sent_at'::regclass")).one()
+    finally:
+        engine.dispose()
+    assert valid
+    assert definition.endswith("(partner_id, sent_at)")
