@@ -1,5 +1,8 @@
-"""The floor for bench/webhooks.py: the least an inbound SMS endpoint can do and still keep the promise
-that an accepted reply is never lost, in the same Flask and gunicorn as the other two.
+"""The floors for bench/webhooks.py, in the same Flask and gunicorn as the bare endpoint and Closer.
+
+`create_signature_only_app` checks the Twilio signature and answers: what any authenticated webhook costs,
+with nothing stored. `create_app` is the least an inbound SMS endpoint can do and still keep the promise
+that an accepted reply is never lost.
 
 It checks the Twilio signature and commits the message (one INSERT, deduplicated on MessageSid) to
 PostgreSQL before answering empty TwiML; nothing else: no partner lookup, no prompt, no encryption, no
@@ -18,6 +21,25 @@ from flask import Flask, Response, abort, request
 from twilio.request_validator import RequestValidator
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
+
+
+def create_signature_only_app() -> Flask:
+    validator = RequestValidator(os.environ["TWILIO_AUTH_TOKEN"])
+    signed_url = os.environ["PUBLIC_BASE_URL"].rstrip("/") + "/webhooks/twilio/sms"
+    app = Flask(__name__)
+
+    @app.post("/webhooks/twilio/sms")
+    def inbound() -> Response:
+        if not validator.validate(signed_url, request.form, request.headers.get("X-Twilio-Signature", "")):
+            abort(403)
+        return Response(EMPTY_TWIML, mimetype="text/xml")
+
+    app.add_url_rule("/healthz", "healthz", _healthz)
+    return app
+
+
+def _healthz() -> Response:
+    return Response("ok")
 
 
 def create_app() -> Flask:
@@ -47,8 +69,5 @@ def create_app() -> Flask:
                          (request.form["MessageSid"], request.form.get("Body", "")))
         return Response(EMPTY_TWIML, mimetype="text/xml")
 
-    @app.get("/healthz")
-    def healthz() -> Response:
-        return Response("ok")
-
+    app.add_url_rule("/healthz", "healthz", _healthz)
     return app

@@ -8,7 +8,11 @@ like Twilio signs) is sent exactly once over keep-alive connections. Every partn
 hours ago, as on a real morning, so each reply is tied to it; a seventh of the couples are on a reveal
 step, so their replies also take the reveal check, and a reveal once both partners have answered.
 
-Both servers run the same gunicorn shape (gthread, --workers x --threads, 3x8 by default): on two cores,
+Two more endpoints run in the same run and shape, from bench/floor_app.py: one that only checks the
+signature, and a floor that checks it and commits one row before answering, the least any endpoint can
+do that never loses an accepted reply. Against them the bare ratio reads as what it is.
+
+All servers run the same gunicorn shape (gthread, --workers x --threads, 3x8 by default): on two cores,
 three processes keep both cores busy while each one's threads overlap their database waits. The run
 passes only if every reply was stored once, encrypted, tied to its prompt, with no error.
 """
@@ -132,6 +136,9 @@ def main() -> int:
         with gunicorn("bench.bare_app:create_app()", env, **shape) as url:
             run_load(url, prepare(phones, 300, "warm-bare"), args.connections)
             bare = run_load(url, prepare(phones, args.requests, "bare"), args.connections)
+        with gunicorn("bench.floor_app:create_signature_only_app()", env, **shape) as url:
+            run_load(url, prepare(phones, 300, "warm-signed"), args.connections)
+            signed = run_load(url, prepare(phones, args.requests, "signed"), args.connections)
         floor = None
         if database_url.startswith("postgresql"):
             with gunicorn("bench.floor_app:create_app()", env, **shape) as url:
@@ -158,13 +165,16 @@ def main() -> int:
     p99 = closer.percentile(0.99)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"bare endpoint : {bare.line()}")
+    print(f"signature only: {signed.line()}  (signature check, nothing stored)")
     if floor is not None:
         print(f"floor endpoint: {floor.line()}  (signature check + one committed INSERT; {floor_stored} rows)")
     print(f"closer webhook: {closer.line()}")
     print(f"CPU ms per request, bare  : {bare.cpu_line()}")
+    print(f"CPU ms per request, signed: {signed.cpu_line()}")
     if floor is not None:
         print(f"CPU ms per request, floor : {floor.cpu_line()}")
     print(f"CPU ms per request, closer: {closer.cpu_line()}")
+    print(f"signature only/bare: {signed.rps / bare.rps:.2f} (checking the signature alone)")
     if floor is not None:
         print(f"floor/bare: {floor.rps / bare.rps:.2f} (the most an endpoint that commits before it answers reaches "
               f"here); closer/floor: {closer.rps / floor.rps:.2f} (what Closer's own work costs)")
