@@ -393,12 +393,13 @@ def _send_in_lane(
     try:
         outcome = send_one(runtime, plan, batch.gate, writer, pending, claimed=claimed)
     except Exception as exc:
-        if not passed:
-            batch.passed_claim()
         batch.settle(error=exc)
         return
-    if not passed:
-        batch.passed_claim()
+    finally:
+        # After the error, if any, is recorded: the job reads the batch's errors as soon as its last
+        # nudge is past its claim, and an error it has not seen would not fail it.
+        if not passed:
+            batch.passed_claim()
     if pending:
         records.append((pending[0], batch, _label(outcome, plan)))
     else:
