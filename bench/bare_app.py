@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from flask import Flask, Response
 
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
+
+
+def empty_twiml() -> Response:
+    return Response(EMPTY_TWIML, mimetype="text/xml")
+
+
+def healthz() -> Response:
+    return Response("ok")
+
 
 def create_app() -> Flask:
     app = Flask(__name__)
-
-    @app.post("/webhooks/twilio/sms")
-    def inbound() -> Response:
-        return Response('<?xml version="1.0" encoding="UTF-8"?><Response />', mimetype="text/xml")
-
-    @app.get("/healthz")
-    def healthz() -> Response:
-        return Response("ok")
-
+    app.add_url_rule("/webhooks/twilio/sms", "inbound", empty_twiml, methods=["POST"])
+    app.add_url_rule("/healthz", "healthz", healthz)
     return app

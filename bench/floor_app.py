@@ -15,37 +15,47 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 
 import psycopg
 from flask import Flask, Response, abort, request
 from twilio.request_validator import RequestValidator
 
-EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
+from bench.bare_app import empty_twiml, healthz
 
 
-def create_signature_only_app() -> Flask:
+def _signature_check() -> Callable[[], None]:
+    """Aborts the request with 403 unless it carries Twilio's signature of PUBLIC_BASE_URL's webhook URL."""
     validator = RequestValidator(os.environ["TWILIO_AUTH_TOKEN"])
     signed_url = os.environ["PUBLIC_BASE_URL"].rstrip("/") + "/webhooks/twilio/sms"
-    app = Flask(__name__)
 
-    @app.post("/webhooks/twilio/sms")
-    def inbound() -> Response:
+    def check() -> None:
         if not validator.validate(signed_url, request.form, request.headers.get("X-Twilio-Signature", "")):
             abort(403)
-        return Response(EMPTY_TWIML, mimetype="text/xml")
 
-    app.add_url_rule("/healthz", "healthz", _healthz)
+    return check
+
+
+def _app(inbound: Callable[[], Response]) -> Flask:
+    app = Flask(__name__)
+    app.add_url_rule("/webhooks/twilio/sms", "inbound", inbound, methods=["POST"])
+    app.add_url_rule("/healthz", "healthz", healthz)
     return app
 
 
-def _healthz() -> Response:
-    return Response("ok")
+def create_signature_only_app() -> Flask:
+    check_signature = _signature_check()
+
+    def inbound() -> Response:
+        check_signature()
+        return empty_twiml()
+
+    return _app(inbound)
 
 
 def create_app() -> Flask:
     conninfo = os.environ["DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://", 1)
-    validator = RequestValidator(os.environ["TWILIO_AUTH_TOKEN"])
-    signed_url = os.environ["PUBLIC_BASE_URL"].rstrip("/") + "/webhooks/twilio/sms"
+    check_signature = _signature_check()
     local = threading.local()
     with psycopg.connect(conninfo, autocommit=True) as setup:
         setup.execute("CREATE TABLE IF NOT EXISTS bench_floor (message_sid text PRIMARY KEY, body text NOT NULL, "
@@ -57,17 +67,12 @@ def create_app() -> Flask:
             conn = local.conn = psycopg.connect(conninfo)
         return conn
 
-    app = Flask(__name__)
-
-    @app.post("/webhooks/twilio/sms")
     def inbound() -> Response:
-        if not validator.validate(signed_url, request.form, request.headers.get("X-Twilio-Signature", "")):
-            abort(403)
+        check_signature()
         conn = connection()
         with conn.transaction():
             conn.execute("INSERT INTO bench_floor (message_sid, body) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                          (request.form["MessageSid"], request.form.get("Body", "")))
-        return Response(EMPTY_TWIML, mimetype="text/xml")
+        return empty_twiml()
 
-    app.add_url_rule("/healthz", "healthz", _healthz)
-    return app
+    return _app(inbound)
