@@ -144,9 +144,9 @@ async def _worker(host: str, port: int, requests: Sequence[bytes], cursor: list[
         writer.close()
 
 
-def cpu_seconds() -> dict[str, float]:
-    """CPU seconds (user + system) used so far by each kind of process on the machine, by name."""
-    totals: dict[str, float] = {}
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) each process on the machine has used so far, with its kind."""
+    used: dict[int, tuple[str, float]] = {}
     for process in psutil.process_iter(["name", "cmdline", "cpu_times"]):
         times = process.info["cpu_times"]
         if times is None:
@@ -163,7 +163,17 @@ def cpu_seconds() -> dict[str, float]:
             kind = "redis"
         else:
             kind = "other"
-        totals[kind] = totals.get(kind, 0.0) + times.user + times.system
+        used[process.pid] = (kind, times.user + times.system)
+    return used
+
+
+def cpu_used_between(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds by kind between two `cpu_seconds` readings. Per process, so one that exited in between
+    (a backend, a server shutting down) is not taken off the total; one that started counts from zero."""
+    totals: dict[str, float] = {}
+    for pid, (kind, seconds) in after.items():
+        earlier = before.get(pid)
+        totals[kind] = totals.get(kind, 0.0) + seconds - (earlier[1] if earlier is not None else 0.0)
     return totals
 
 
@@ -180,8 +190,7 @@ def run_load(url: str, requests: Sequence[bytes], connections: int) -> LoadResul
     started = time.perf_counter()
     asyncio.run(main())
     result.seconds = time.perf_counter() - started
-    cpu_after = cpu_seconds()
-    result.cpu = {kind: cpu_after[kind] - cpu_before.get(kind, 0.0) for kind in cpu_after}
+    result.cpu = cpu_used_between(cpu_before, cpu_seconds())
     return result
 
 
