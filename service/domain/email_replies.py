@@ -8,6 +8,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.parser import HeaderParser
 from email.utils import getaddresses, parseaddr
@@ -106,7 +107,7 @@ def _same_address(a: str, b: str | None) -> bool:
         return False
     try:
         left, right = Address(addr_spec=a), Address(addr_spec=b)
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, HeaderParseError):  # not an address, such as "@0": compare as text
         return a.lower() == b.lower()
     return left.username.lower() == right.username.lower() and left.domain.lower() == right.domain.lower()
 

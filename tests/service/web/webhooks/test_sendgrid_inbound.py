@@ -74,6 +74,17 @@ def test_reply_from_another_address_is_not_stored(client: FlaskClient, db: Sessi
     assert db.scalar(select(func.count(LogEntry.id))) == 0
 
 
+def test_a_sender_that_is_no_address_is_a_wrong_sender_not_an_error(
+    client: FlaskClient, db: Session, runtime: Runtime, auth: dict[str, str]
+) -> None:
+    alex = make_couple(db).partners[0]
+    form = _form(alex, runtime.settings.inbound_email_domain, "hello")
+    form["from"] = "@0"  # found by the bad-input sweep: the address parser raised, and the request got a 500
+    response = client.post(URL, data=form, headers=auth)
+    assert response.status_code == 200 and response.get_json()["status"] == "wrong_sender"
+    assert db.scalar(select(func.count(LogEntry.id))) == 0
+
+
 def test_unknown_reply_token_changes_nothing(client: FlaskClient, db: Session, runtime: Runtime,
                                              auth: dict[str, str]) -> None:
     alex = make_couple(db).partners[0]
