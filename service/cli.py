@@ -48,8 +48,15 @@ def dev_command(host: str, port: int) -> None:
         embedded = start_embedded_redis()
         env["REDIS_URL"] = embedded.url
         click.echo(f"closer dev: embedded Redis ({embedded.kind}) at {embedded.url}")
-    if settings.database_url.startswith("sqlite:///"):
-        os.makedirs(os.path.dirname(settings.database_url.removeprefix("sqlite:///")) or ".", exist_ok=True)
+    if not settings.database_url:
+        from service.embedded_postgres import development_server, with_database
+
+        settings = with_database(settings)
+        env["DATABASE_URL"] = settings.database_url
+        server = development_server()
+        assert server is not None
+        how = "started" if server.owned else "already running"
+        click.echo(f"closer dev: embedded PostgreSQL {server.version} ({how}) in {server.datadir}")
     from service.migrations import upgrade
 
     upgrade(settings)
@@ -94,6 +101,11 @@ def dev_command(host: str, port: int) -> None:
                 child.wait()
         if embedded is not None:
             embedded.stop()
+        from service.embedded_postgres import development_server
+
+        server = development_server()
+        if server is not None:
+            server.stop()
         click.echo("closer dev: stopped")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import command
 from alembic.config import Config
 
+from service.embedded_postgres import with_database
 from service.settings import PROJECT_ROOT, Settings
 
 
@@ -12,7 +13,7 @@ def alembic_config(settings: Settings) -> Config:
     config = Config()
     config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
     config.set_main_option("version_path_separator", "os")
-    config.attributes["closer_settings"] = settings
+    config.attributes["closer_settings"] = with_database(settings)
     return config
 
 

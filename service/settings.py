@@ -30,7 +30,10 @@ def _csv(value: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class Settings:
     closer_env: str = "production"
-    database_url: str = f"sqlite:///{PROJECT_ROOT / 'instance' / 'closer.db'}"
+    # Empty: in development, an embedded PostgreSQL under instance/ (service/embedded_postgres.py).
+    database_url: str = ""
+    # Development only: where the embedded PostgreSQL keeps its data when DATABASE_URL is unset.
+    embedded_postgres_dir: str = str(PROJECT_ROOT / "instance" / "postgres")
     redis_url: str | None = None
     secret_key: str = ""
     data_encryption_key: tuple[str, ...] = ()
@@ -159,6 +162,8 @@ class Settings:
             if value and value not in allowed:
                 raise SettingsError(f"{provider.upper()} must be one of {', '.join(allowed)}, not {value!r}.")
         if self.closer_env == "production":
+            if not self.database_url:
+                raise SettingsError("Set DATABASE_URL to your PostgreSQL (postgresql://user:password@host/db).")
             if self.effective_sms_provider == "twilio" and not (
                 self.twilio_from_number or self.twilio_messaging_service_sid
             ):

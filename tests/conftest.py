@@ -1,12 +1,13 @@
 """Fixtures: one app per test session on the real database and Redis; each test in a rolled-back transaction.
 
-TEST_DATABASE_URL and REDIS_URL choose the servers (CI sets both to PostgreSQL and Redis); without them
-the suite uses a SQLite file and an embedded Redis.
+TEST_DATABASE_URL and REDIS_URL choose the servers (CI sets both); without them the suite starts an
+embedded PostgreSQL (service/embedded_postgres.py) in a temporary folder and an embedded Redis.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from service.app import create_app
 from service.db import make_engine
+from service.embedded_postgres import start_embedded_postgres
 from service.migrations import upgrade
 from service.redis_runtime import start_embedded_redis
 from service.runtime import Runtime, close_db_session, db_session, runtime_of
@@ -30,18 +32,20 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 def _reset_database(url: str) -> None:
     engine = make_engine(url)
     with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
+        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def database_url() -> Iterator[str]:
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
-        return url
-    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'closer-test.db'}"
+        yield url
+        return
+    server = start_embedded_postgres(Path(tempfile.mkdtemp(prefix="closer-test-pg-")) / "data", durable=False)
+    yield server.create_database("closer_test")
+    server.remove()
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
 """`closer dev` as a developer runs it: everything comes up, and nothing it started outlives it.
 
-Each test starts the real command in a subprocess on a SQLite file and its own embedded Redis, waits for
-the web process to answer, then stops it with Ctrl-C (SIGINT) or kills it outright (SIGKILL), and checks
-every process it had started, found by parentage while it ran: web, worker, scheduler and redis-server.
+Each test starts the real command in a subprocess with no DATABASE_URL or REDIS_URL, so it starts its own
+embedded PostgreSQL (in the test's folder) and Redis, waits for the web process to answer, then stops it
+with Ctrl-C (SIGINT) or kills it outright (SIGKILL), and checks every process it had started, found by
+parentage while it ran: web, worker, scheduler, postgres and redis-server.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _environment(tmp_path: Path) -> dict[str, str]:
            if k not in {"REDIS_URL", "DATABASE_URL", "TEST_DATABASE_URL"} and not k.startswith("FLASK_")}
     env.update(
         CLOSER_ENV="development",
-        DATABASE_URL=f"sqlite:///{tmp_path / 'dev.db'}",
+        EMBEDDED_POSTGRES_DIR=str(tmp_path / "postgres"),
         PYTHONUNBUFFERED="1",
         SCHEDULER_INTERVAL_SECONDS="1",
     )
@@ -127,6 +128,8 @@ def _role(process: psutil.Process) -> str:
         return "gone"
     if "redis-server" in name or any("redis-server" in part for part in cmdline[:1]):
         return "redis"
+    if name == "postgres":
+        return "postgres"
     for role, (module, command) in ROLES.items():
         if module in cmdline and command in cmdline:
             return role
@@ -149,10 +152,11 @@ def _survivors(processes: list[psutil.Process], within: float) -> list[str]:
         time.sleep(0.2)
 
 
-def test_ctrl_c_stops_web_worker_scheduler_and_redis(dev: DevRun) -> None:
+def test_ctrl_c_stops_web_worker_scheduler_postgres_and_redis(dev: DevRun, tmp_path: Path) -> None:
     children = _descendants(dev.process.pid)
     roles = {_role(child) for child in children}
-    assert {"web", "worker", "scheduler", "redis"} <= roles, f"started {roles}:\n{dev.output()}"
+    assert {"web", "worker", "scheduler", "postgres", "redis"} <= roles, f"started {roles}:\n{dev.output()}"
+    assert (tmp_path / "postgres" / "PG_VERSION").exists()
     redis_ports = [conn.laddr.port for child in children if _role(child) == "redis"
                    for conn in child.net_connections(kind="tcp") if conn.status == psutil.CONN_LISTEN]
     assert redis_ports
@@ -168,11 +172,12 @@ def test_ctrl_c_stops_web_worker_scheduler_and_redis(dev: DevRun) -> None:
     assert _survivors(children, within=2) == [], dev.output()
     assert not _listening(dev.port)
     assert not any(_listening(port) for port in redis_ports)
+    assert not (tmp_path / "postgres" / "postmaster.pid").exists(), "postgres was not shut down cleanly"
 
 
 def test_kill_9_of_closer_dev_leaves_no_orphans(dev: DevRun) -> None:
     children = _descendants(dev.process.pid)
-    assert {"web", "worker", "scheduler", "redis"} <= {_role(child) for child in children}, dev.output()
+    assert {"web", "worker", "scheduler", "postgres", "redis"} <= {_role(child) for child in children}, dev.output()
 
     dev.process.kill()  # SIGKILL: no handler runs; only the children's parent-death signal can stop them
     dev.process.wait(timeout=10)
