@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -20,6 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from service.db import make_engine, normalize_url
+from service.embedded_postgres import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,23 +33,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_embedded: EmbeddedPostgres | None = None
+
+
 def scratch_database(name: str) -> str:
-    """A fresh PostgreSQL database (BENCH_DATABASE_URL's server, default the local one), else SQLite."""
-    base = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    """A fresh PostgreSQL database: on BENCH_DATABASE_URL's server if set, else on an embedded server of
+    this run's own (a temporary folder, removed at exit), so a clone with no server measures too."""
+    global _embedded
+    base = os.environ.get("BENCH_DATABASE_URL")
+    if not base:
+        if _embedded is None:
+            _embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="closer-bench-pg-")) / "data",
+                                         max_connections=300).start()
+            atexit.register(_embedded.remove)
+            print(f"(embedded PostgreSQL {_embedded.version} from {_embedded.bin}; set BENCH_DATABASE_URL "
+                  "to measure on another server)", file=sys.stderr)
+        return _embedded.create_database(name, fresh=True)
     url = make_url(normalize_url(base))
-    try:
-        admin = make_engine(url.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        admin.dispose()
-        return url.set(database=name).render_as_string(hide_password=False)
-    except Exception as exc:  # no PostgreSQL here: measure on SQLite and say so
-        print(f"(PostgreSQL unavailable: {type(exc).__name__}; using SQLite)", file=sys.stderr)
-        path = ROOT / "instance" / f"{name}.db"
-        path.parent.mkdir(exist_ok=True)
-        path.unlink(missing_ok=True)
-        return f"sqlite:///{path}"
+    admin = make_engine(url.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
 
 
 @contextmanager

@@ -947,8 +947,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     try:
         with own_stack(config.latency) as stack:
-            print(f"  own PostgreSQL {stack.postgres.version or ''} on port {stack.postgres.port}"
-                  f" ({'pg_createcluster' if stack.postgres.debian else 'initdb'}), own redis-server on port "
+            print(f"  own PostgreSQL {stack.postgres.version} ({stack.postgres.bin}) in {stack.postgres.datadir},"
+                  f" own redis-server on port "
                   f"{stack.redis.port}, fake providers at {stack.fake.url}", flush=True)
             for name in names:
                 print(f"- {name}: {SCENARIOS[name][1]}", flush=True)

@@ -23,11 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import redis as redis_lib
-from sqlalchemy import text
-from sqlalchemy.pool import NullPool
 
 from bench.common import ROOT, free_port
-from service.db import make_engine
+from service.embedded_postgres import EmbeddedPostgres, EmbeddedPostgresError
 from service.redis_runtime import die_with_parent
 
 
@@ -42,107 +40,24 @@ def _run(argv: list[str], *, check: bool = True, timeout: float = 120) -> subpro
     return done
 
 
-def _postgres_bin() -> tuple[str, Path]:
-    """The newest PostgreSQL server installed (Debian layout), as (major version, bin directory)."""
-    base = Path("/usr/lib/postgresql")
-    versions = sorted((p for p in base.glob("*") if (p / "bin" / "initdb").exists()),
-                      key=lambda p: int(p.name) if p.name.isdigit() else 0) if base.exists() else []
-    if versions:
-        return versions[-1].name, versions[-1] / "bin"
-    initdb = shutil.which("initdb")
-    if initdb:
-        return "", Path(initdb).parent
-    raise StackError("No PostgreSQL server binaries (initdb) found: install postgresql to run the fault suite.")
-
-
-class OwnPostgres:
-    """A PostgreSQL cluster of our own, on a free port, with trust auth on loopback.
-
-    As root on Debian it is a `pg_createcluster` cluster driven by `pg_ctlcluster` (run as the postgres
-    user, as Debian does); otherwise `initdb` and `pg_ctl` in a temporary directory, as the current user.
-    """
+class OwnPostgres(EmbeddedPostgres):
+    """A PostgreSQL server of our own (the embedded one), so a scenario can restart or stop it."""
 
     def __init__(self, workdir: Path, *, max_connections: int = 300) -> None:
-        self.version, self.bin = _postgres_bin()
-        self.port = free_port()
-        self.name = f"closerfaults_{os.getpid()}_{self.port}"
-        self.workdir = workdir
-        self.max_connections = max_connections
-        self.debian = os.geteuid() == 0 and shutil.which("pg_createcluster") is not None and bool(self.version)
-        self.datadir = workdir / "pgdata"
-        self.logfile = workdir / "postgres.log"
-        self.created = False
-
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+        super().__init__(workdir / "pgdata", max_connections=max_connections, options={"shared_buffers": "256MB"})
 
     def create(self) -> OwnPostgres:
-        settings = [f"max_connections={self.max_connections}",
-                    "shared_buffers=256MB", "log_min_messages=warning"]
-        if self.debian:
-            argv = ["pg_createcluster", self.version, self.name, "-p", str(self.port), "--start-conf=manual",
-                    "-l", str(self.logfile)]
-            for setting in settings:
-                argv += ["-o", setting]
-            _run([*argv, "--", "--auth=trust"])
-            os.chown(self.workdir, _uid("postgres"), -1)
-        else:
-            _run([str(self.bin / "initdb"), "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8"])
-            with (self.datadir / "postgresql.conf").open("a") as conf:
-                conf.write("\n".join([*settings, f"port={self.port}", f"unix_socket_directories='{self.workdir}'"]))
-        self.created = True
-        self.start()
+        try:
+            self.start()
+        except EmbeddedPostgresError as exc:
+            raise StackError(str(exc)) from exc
         return self
 
-    def _ctl(self, action: str, *extra: str) -> None:
-        if self.debian:
-            _run(["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, action, *extra])
-        else:
-            _run([str(self.bin / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile), "-w", action, *extra])
-
-    def start(self) -> None:
-        self._ctl("start")
-        self.wait_ready()
-
-    def stop(self, mode: str = "fast") -> None:
-        self._ctl("stop", "-m", mode)
-
-    def restart(self, mode: str = "fast") -> None:
-        self._ctl("restart", "-m", mode)
-        self.wait_ready()
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if _run([str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
-                    check=False).returncode == 0:
-                return
-            time.sleep(0.2)
-        raise StackError(f"our PostgreSQL on port {self.port} did not become ready")
-
-    def create_database(self, name: str) -> str:
-        admin = make_engine(self.url(), isolation_level="AUTOCOMMIT", poolclass=NullPool)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        admin.dispose()
-        return self.url(name)
+    def create_database(self, name: str, *, fresh: bool = True) -> str:
+        return super().create_database(name, fresh=fresh)
 
     def drop(self) -> None:
-        if not self.created:
-            return
-        if self.debian:
-            _run(["pg_dropcluster", "--stop", self.version, self.name], check=False)
-        else:
-            _run([str(self.bin / "pg_ctl"), "-D", str(self.datadir), "-w", "stop", "-m", "immediate"], check=False)
-            shutil.rmtree(self.datadir, ignore_errors=True)
-        self.created = False
-
-
-def _uid(user: str) -> int:
-    import pwd
-
-    return pwd.getpwnam(user).pw_uid
+        self.remove()
 
 
 class OwnRedis:
