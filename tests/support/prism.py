@@ -1,4 +1,4 @@
-"""Stoplight Prism processes serving the providers' official OpenAPI specs (see ../shared/specs/README.md).
+"""Stoplight Prism processes serving the providers' official OpenAPI specs (tests/contracts/specs/README.md).
 
 `prism mock SPEC` answers like the provider and rejects a request that breaks the spec (Twilio 422,
 SendGrid 400 with an `sl-violations` header). `prism proxy SPEC UPSTREAM --errors` relays to a server
@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PRISM = ROOT / "tests" / "prism" / "node_modules" / ".bin" / "prism"
-SPECS = Path(os.environ.get("CLOSER_SPECS_DIR", ROOT.parent / "shared" / "specs"))
+SPECS = Path(os.environ.get("CLOSER_SPECS_DIR") or ROOT / "tests" / "contracts" / "specs")
 TWILIO_SPEC = SPECS / "twilio_api_v2010.json"
 SENDGRID_SPEC = SPECS / "tsg_mail_v3.json"
 START_TIMEOUT = 60.0
@@ -44,7 +44,8 @@ def require_prism() -> None:
     missing = [str(p) for p in (PRISM, TWILIO_SPEC, SENDGRID_SPEC) if not p.exists()]
     if missing or shutil.which("node") is None:
         raise PrismUnavailable(
-            "Prism or the provider specs are missing (" + ", ".join(missing or ["node"]) + "); run `make prism`."
+            "Prism or the provider specs are missing (" + ", ".join(missing or ["node"]) + "); run `make prism`"
+            " (the specs are in tests/contracts/specs unless CLOSER_SPECS_DIR points elsewhere)."
         )
 
 
