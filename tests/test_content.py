@@ -20,12 +20,12 @@ from service.programs import (
     render_sms,
     render_step_email,
 )
+from tests.content.make_seed_runs import RUN, SEED_RUNS, copied_runs, header_count, read_hashes, run_hashes, words
 
 REPO = Path(__file__).resolve().parent.parent
-SEED_DIR = REPO.parent / "shared" / "seed"
-SEED_FILE = SEED_DIR / "000_fc72c4fc51b82e74.txt"
 SHIPPED_TEMPLATE_DIRS = [TEMPLATES_DIR, REPO / "service" / "templates"]
-RUN = 8  # words in a row that would count as copied
+# Distinct 8-word runs in the seed, as tests/content/make_seed_runs.py counts them (its "# runs:" header line).
+SEED_RUN_COUNT = 1159
 
 # The ideas of issue 3, each mapped to the theme that carries it (message_templates/README.md).
 IDEAS = {
@@ -58,11 +58,6 @@ def is_pointer(program: Program, step: Step) -> bool:
     return step.theme == "intimacy" or program.opt_in
 
 
-def words(text: str) -> list[str]:
-    text = text.lower().replace("’", "'").replace("'", "")
-    return re.findall(r"[a-z0-9]+", text)
-
-
 def visible_text(source: str) -> str:
     """A template as a reader sees it: tags and Jinja statements gone, placeholders as sample names."""
     source = source.replace("{{ partner }}", "Alex").replace("{{ other }}", "Sam")
@@ -90,31 +85,37 @@ def shipped_texts(library: ProgramLibrary) -> dict[str, str]:
 
 
 def test_no_eight_word_run_of_the_seed_is_shipped(library: ProgramLibrary) -> None:
-    if not SEED_DIR.is_dir():
-        pytest.skip(f"the seed folder {SEED_DIR} is absent (it sits next to the repository in CI)")
-    assert SEED_FILE.is_file(), f"{SEED_FILE} is missing from {SEED_DIR}"
-    seed_runs: set[tuple[str, ...]] = set()
-    for seed in sorted(SEED_DIR.glob("*.txt")):
-        seed_words = words(seed.read_text(encoding="utf-8"))
-        seed_runs |= {tuple(seed_words[i:i + RUN]) for i in range(len(seed_words) - RUN + 1)}
-    assert len(seed_runs) > 500, "the seed did not read as text"
-    copied = []
-    for where, text in shipped_texts(library).items():
-        ours = words(text)
-        copied += [f"{where}: {' '.join(ours[i:i + RUN])}" for i in range(len(ours) - RUN + 1)
-                   if tuple(ours[i:i + RUN]) in seed_runs]
+    # The seed is not ours to ship, so the repository carries only the hashes of its runs.
+    copied = copied_runs(shipped_texts(library), frozenset(read_hashes()))
     assert not copied, "copied from the seed:\n" + "\n".join(copied)
 
 
+def test_the_seed_run_list_is_whole_sorted_and_unique() -> None:
+    hashes = read_hashes()
+    assert len(hashes) > 500, "the seed did not read as text"
+    assert len(hashes) == header_count() == SEED_RUN_COUNT, (
+        f"{SEED_RUNS.name} holds {len(hashes)} runs; rerun tests/content/make_seed_runs.py, then update SEED_RUN_COUNT")
+    assert hashes == sorted(set(hashes))
+    assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes)
+
+
+# A stand-in seed in our own words: the check is the real one, only the list of hashes differs.
+MADE_UP_SEED = """Lanterns drift over the harbour while the ferry captain's dog hums an old tune about rain.
+Every third Tuesday the bakery on the corner leaves its door open until the bread is gone."""
+
+
 def test_the_run_check_would_catch_a_copied_sentence() -> None:
-    if not SEED_FILE.is_file():
-        pytest.skip(f"the seed folder {SEED_DIR} is absent (it sits next to the repository in CI)")
-    seed_words = words(SEED_FILE.read_text(encoding="utf-8"))
-    seed_runs = {tuple(seed_words[i:i + RUN]) for i in range(len(seed_words) - RUN + 1)}
-    # Case, curly apostrophes and punctuation must not hide a copy.
-    copy = "Alex, " + " ".join(seed_words[40:52]).upper().replace(" ", ", ", 1) + "?"
-    ours = words(copy)
-    assert any(tuple(ours[i:i + RUN]) in seed_runs for i in range(len(ours) - RUN + 1))
+    hashes = run_hashes([MADE_UP_SEED])
+    assert len(hashes) == len(words(MADE_UP_SEED)) - RUN + 1
+    # Ten words in a row from the seed, hidden by case, a curly apostrophe and punctuation: three runs of 8.
+    copy = "Alex, THE FERRY CAPTAIN’S, dog hums an old tune... about rain? Reply with it."
+    assert copied_runs({"made-up prompt": copy}, hashes) == [
+        "made-up prompt: the ferry captains dog hums an old tune",
+        "made-up prompt: ferry captains dog hums an old tune about",
+        "made-up prompt: captains dog hums an old tune about rain",
+    ]
+    # Seven words in a row are not a copy.
+    assert not copied_runs({"seven": "Alex, ferry captain's dog hums an old tune, Sam."}, hashes)
 
 
 # --- counts and coverage ----------------------------------------------------------------------
