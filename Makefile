@@ -1,5 +1,5 @@
-# `make run` and `make test` work from a fresh clone with nothing but python3 (and, for the browser
-# tests, Debian's chromium, which `make test` installs when it is missing).
+# `make run` and `make test` work from a fresh clone with nothing but python3: both start an embedded PostgreSQL
+# and Redis when no server is given (and, for the browser tests, install Debian's chromium when it is missing).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
