@@ -6,8 +6,9 @@ Two workers of 80 sending threads hold the same 160 requests in flight as four o
 CPU a nudge on two cores (fewer processes, and each worker's ledger writes bigger rounds), so that is the
 default; the ceiling is always measured over workers x concurrency connections.
 
-1. A committed scratch database (PostgreSQL `closer_bench` on BENCH_DATABASE_URL's server, else SQLite),
-   an embedded Redis and the fake Twilio/SendGrid server (its own process, answering after `--latency`).
+1. A committed scratch database `closer_bench` (on BENCH_DATABASE_URL's server, else on an embedded
+   PostgreSQL of the run's own), an embedded Redis and the fake Twilio/SendGrid server (its own process,
+   answering after `--latency`).
 2. N/4 couples, both partners on SMS and email, all due now; `closer worker` processes already waiting.
 3. One scheduler pass plans and enqueues the N prompt nudges; the clock runs from the start of that
    pass until the database holds N `sent` nudges. The fake's own record must show each nudge once.

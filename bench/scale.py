@@ -3,8 +3,8 @@
     python -m bench.scale [--couples 1000000] [--small 10000] [--due 5000] [--peak 100000]
                           [--drain-seconds 60] [--workers 4] [--keep]
 
-1. A scratch database `closer_scale` (PostgreSQL on BENCH_DATABASE_URL's server, default the local one;
-   SQLite if there is none) and a redis-server of our own. `--small` enrolled couples are generated in bulk
+1. A scratch database `closer_scale` (on BENCH_DATABASE_URL's server, else on an embedded PostgreSQL of
+   the run's own) and a redis-server of our own. `--small` enrolled couples are generated in bulk
    (bench/seed.py: COPY, a progress bar), both partners on SMS, every schedule due hours from now except
    `--due` partners due this minute.
 2. The scheduler pass (jobs.scheduler.run_pass, in this process) over those `--due` partners: the median
@@ -60,14 +60,10 @@ PUBLIC_BASE_URL = "https://scale.closer.example"
 ACCOUNT_SID = "AC" + "fedcba9876543210" * 2
 AUTH_TOKEN = "scale-twilio-auth-token-0123456789"  # noqa: S105 - a fixture, not a secret
 RATIO_TARGET = 1.5
-# PostgreSQL spreads the peak over its minute; SQLite (datetimes stored as text) has it all due at the start.
-_MAKE_DUE = {
-    "postgresql": "UPDATE partner_schedules SET next_day = 1, last_sent_local_date = NULL, first_local_date = :day, "
-                  "next_send_at = :start + (partner_id % 60) * interval '1 second' "
-                  "WHERE partner_id BETWEEN :lo AND :hi",
-    "other": "UPDATE partner_schedules SET next_day = 1, last_sent_local_date = NULL, first_local_date = :day, "
-             "next_send_at = :start WHERE partner_id BETWEEN :lo AND :hi",
-}
+# The peak spread over its minute: one partner in sixty due at each second of it.
+_MAKE_DUE = ("UPDATE partner_schedules SET next_day = 1, last_sent_local_date = NULL, first_local_date = :day, "
+             "next_send_at = :start + (partner_id % 60) * interval '1 second' "
+             "WHERE partner_id BETWEEN :lo AND :hi")
 TIMED_RUNS = 5
 
 
@@ -127,7 +123,7 @@ class Bench:
         self.engine: Engine = make_engine(self.database_url)
         self.app = create_app(self.settings)
         self.runtime = runtime_of(self.app)
-        self.figures = Figures(database=self.engine.dialect.name, zone=self.zone)
+        self.figures = Figures(database="postgresql", zone=self.zone)
         # Partners due in the measured passes: the first `due` of them, the same rows at both sizes.
         self.due_partners = range(1, args.due + 1)
         self.due_at = self.now - timedelta(seconds=30)
@@ -165,11 +161,10 @@ class Bench:
         self.analyze()
 
     def analyze(self) -> None:
-        if self.engine.dialect.name == "postgresql":
-            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.execute(text("VACUUM ANALYZE"))
-                # Write the load's dirty pages out now, not in the middle of a measured pass.
-                conn.execute(text("CHECKPOINT"))
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE"))
+            # Write the load's dirty pages out now, not in the middle of a measured pass.
+            conn.execute(text("CHECKPOINT"))
 
     def count(self, table: str) -> int:
         with self.engine.connect() as conn:
@@ -252,10 +247,9 @@ class Bench:
         """No nudges, Redis empty, and `partners` due across the last minute; returns that minute's end."""
         window_end = datetime.now(UTC)
         window_start = window_end - timedelta(seconds=60)
-        spread = "postgresql" if self.engine.dialect.name == "postgresql" else "other"
         with self.engine.begin() as conn:
             conn.execute(text("DELETE FROM nudges"))
-            conn.execute(text(_MAKE_DUE[spread]), {
+            conn.execute(text(_MAKE_DUE), {
                 "day": window_start.astimezone(zone(self.zone)).date(), "start": window_start,
                 "lo": partners.start, "hi": partners.stop - 1})
         self.runtime.redis.flushdb()
@@ -327,7 +321,7 @@ class Bench:
         self.runtime.database.dispose()
         self.engine.dispose()
         self.redis.stop()
-        if not self.args.keep and self.database_url.startswith("postgresql"):
+        if not self.args.keep:
             name = make_url(self.database_url).database
             admin = make_engine(make_url(self.database_url).set(database="postgres")
                                 .render_as_string(hide_password=False), isolation_level="AUTOCOMMIT")

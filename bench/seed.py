@@ -1,14 +1,13 @@
 """Bulk generation of enrolled couples for the fault suite and the scale benchmark.
 
 `seed_couples` writes couples, their two partners, an active enrollment and each partner's schedule row,
-in chunks, with a progress line. On PostgreSQL every chunk is four `COPY ... FROM STDIN` (the fastest way
-in); elsewhere (SQLite) it is a Core `executemany`. Ids are assigned here (partner ids `2c-1` and `2c` for
-couple `c`, enrollment id `c`, schedule id = partner id), so no row needs a round trip for its key, and
-the sequences are moved past them afterwards.
+in chunks, with a progress line. Every chunk is four `COPY ... FROM STDIN` (PostgreSQL's fastest way in).
+Ids are assigned here (partner ids `2c-1` and `2c` for couple `c`, enrollment id `c`, schedule id =
+partner id), so no row needs a round trip for its key, and the sequences are moved past them afterwards.
 
 Shortcuts a benchmark may take and the product never does, so nobody mistakes seeded rows for real ones:
 - every partner's encrypted first name and encrypted log token is ONE ciphertext, made once per call with
-  the configured key (on PostgreSQL it is a temporary column default, so it is not even sent per row);
+  the configured key (a temporary column default while the COPY runs, so it is not even sent per row);
   the names decrypt fine, but the stored log-token hashes are synthetic, so seeded log links do not open;
 - reply tokens and log-token hashes are the partner id in hexadecimal: unique, not secret;
 - consent is written as state only (no consent_records history), and nobody is due a confirmation reminder.
@@ -23,12 +22,12 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from typing import Any, TextIO
 
-from sqlalchemy import Column, LargeBinary, MetaData, Table, insert, text
+from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
-from service.crypto import Cipher, EncryptedText
+from service.crypto import Cipher
 from service.domain.scheduling import zone
-from service.models import ConsentState, Couple, Enrollment, EnrollmentStatus, Partner, PartnerSchedule
+from service.models import ConsentState, EnrollmentStatus
 
 CHUNK_COUPLES = 20_000
 # Candidate zones for "a zone where it is daytime now" (US first) and "one deep in quiet hours now".
@@ -165,8 +164,7 @@ def _seed(
     first = first_couple_id if first_couple_id is not None else next_couple_id(conn)
     shared_ciphertext = cipher.encrypt("Sam")
     bar = Progress(label, count, enabled=progress)
-    postgres = conn.dialect.name == "postgresql"
-    writer: _CopyWriter | _CoreWriter = (_CopyWriter if postgres else _CoreWriter)(conn, shared_ciphertext)
+    writer = _CopyWriter(conn, shared_ciphertext)
     writer.begin()
     if commit:
         conn.commit()
@@ -236,7 +234,7 @@ def _chunk(first_id: int, first_index: int, size: int, spec_for: SpecFor, now: d
 
 
 class _CopyWriter:
-    """PostgreSQL: COPY in text format; the shared ciphertext is a column default while it runs."""
+    """COPY in text format; the shared ciphertext is a column default while it runs."""
 
     def __init__(self, conn: Connection, ciphertext: bytes) -> None:
         self.conn = conn
@@ -282,50 +280,8 @@ def _copy_lines(rows: Iterable[Sequence[Any]]) -> Iterable[str]:
         yield "\t".join(map(_copy_value, row)) + "\n"
 
 
-class _CoreWriter:
-    """Any other database: executemany through Core, the ciphertext written as plain bytes."""
-
-    def __init__(self, conn: Connection, ciphertext: bytes) -> None:
-        self.conn = conn
-        self.ciphertext = ciphertext
-        metadata = MetaData()
-        self.tables = {
-            model.__tablename__: _plain_table(model.__table__, metadata)
-            for model in (Couple, Partner, Enrollment, PartnerSchedule)
-        }
-
-    def begin(self) -> None:
-        return None
-
-    def end(self) -> None:
-        return None
-
-    def write(self, chunk: _Chunk) -> None:
-        secret = {column: self.ciphertext for column in ENCRYPTED_PARTNER_COLUMNS}
-        for table, columns, rows, extra in (
-            ("couples", COUPLE_COLUMNS, chunk.couples, {}),
-            ("partners", PARTNER_COLUMNS, chunk.partners, secret),
-            ("enrollments", ENROLLMENT_COLUMNS, chunk.enrollments, {}),
-            ("partner_schedules", SCHEDULE_COLUMNS, chunk.schedules, {}),
-        ):
-            if rows:
-                self.conn.execute(insert(self.tables[table]),
-                                  [{**dict(zip(columns, row, strict=True)), **extra} for row in rows])
-
-
-def _plain_table(table: Any, metadata: MetaData) -> Table:
-    """The same table with encrypted columns as plain bytes, so the shared ciphertext goes in as it is."""
-    columns = [
-        Column(c.name, LargeBinary if isinstance(c.type, EncryptedText) else c.type, primary_key=c.primary_key)
-        for c in table.columns
-    ]
-    return Table(table.name, metadata, *columns)
-
-
 def _advance_sequences(conn: Connection) -> None:
-    """Ids were given explicitly: move PostgreSQL's sequences past them (SQLite needs nothing)."""
-    if conn.dialect.name != "postgresql":
-        return
+    """Ids were given explicitly: move the sequences past them."""
     for table in ("couples", "partners", "enrollments", "partner_schedules"):
         conn.execute(text(
             f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "  # noqa: S608 - fixed table names

@@ -140,8 +140,7 @@ def main() -> int:
     try:
         bare = measure("bench.bare_app:create_app()", "bare")
         signed = measure("bench.floor_app:create_signature_only_app()", "signed")
-        # The floor's one INSERT is PostgreSQL's; on SQLite there is no floor to compare with.
-        floor = measure("bench.floor_app:create_app()", "floor") if database_url.startswith("postgresql") else None
+        floor = measure("bench.floor_app:create_app()", "floor")
         closer = measure("service.app:create_app()", "closer")
     finally:
         if embedded is not None:
@@ -154,7 +153,7 @@ def main() -> int:
         reveals = session.scalar(select(func.count(Nudge.id)).where(Nudge.kind == NudgeKind.REVEAL))
         # Every body says "bench ... reply N": none may be readable in the table itself.
         readable = session.scalar(text("SELECT count(*) FROM log_entries WHERE position('bench'::bytea IN body) > 0"))
-        floor_stored = session.scalar(text("SELECT count(*) FROM bench_floor")) if floor is not None else 0
+        floor_stored = session.scalar(text("SELECT count(*) FROM bench_floor"))
     database.dispose()
     expected = args.requests + 300
     ratio = closer.rps / bare.rps
@@ -162,18 +161,15 @@ def main() -> int:
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"bare endpoint : {bare.line()}")
     print(f"signature only: {signed.line()}  (signature check, nothing stored)")
-    if floor is not None:
-        print(f"floor endpoint: {floor.line()}  (signature check + one committed INSERT; {floor_stored} rows)")
+    print(f"floor endpoint: {floor.line()}  (signature check + one committed INSERT; {floor_stored} rows)")
     print(f"closer webhook: {closer.line()}")
     print(f"CPU ms per request, bare  : {bare.cpu_line()}")
     print(f"CPU ms per request, signed: {signed.cpu_line()}")
-    if floor is not None:
-        print(f"CPU ms per request, floor : {floor.cpu_line()}")
+    print(f"CPU ms per request, floor : {floor.cpu_line()}")
     print(f"CPU ms per request, closer: {closer.cpu_line()}")
     print(f"signature only/bare: {signed.rps / bare.rps:.2f} (checking the signature alone)")
-    if floor is not None:
-        print(f"floor/bare: {floor.rps / bare.rps:.2f} (the most an endpoint that commits before it answers reaches "
-              f"here); closer/floor: {closer.rps / floor.rps:.2f} (what Closer's own work costs)")
+    print(f"floor/bare: {floor.rps / bare.rps:.2f} (the most an endpoint that commits before it answers reaches "
+          f"here); closer/floor: {closer.rps / floor.rps:.2f} (what Closer's own work costs)")
     print(f"ratio closer/bare: {ratio:.2f} (target >= 0.50); p99 {1000 * p99:.1f} ms "
           f"(target < 100 ms); stored {stored} of {expected} replies ({distinct_ids} distinct MessageSids, "
           f"{tied} tied to their prompt, {readable} readable at rest), {reveals} reveals queued; "
