@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -43,9 +44,10 @@ def scratch_database(name: str) -> str:
     base = os.environ.get("BENCH_DATABASE_URL")
     if not base:
         if _embedded is None:
-            _embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="closer-bench-pg-")) / "data",
-                                         max_connections=300).start()
-            atexit.register(_embedded.remove)
+            folder = Path(tempfile.mkdtemp(prefix="closer-bench-pg-"))
+            _embedded = EmbeddedPostgres(folder / "data", max_connections=300).start()
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            atexit.register(_embedded.remove)  # runs first: atexit calls in reverse order
             print(f"(embedded PostgreSQL {_embedded.version} from {_embedded.bin}; set BENCH_DATABASE_URL "
                   "to measure on another server)", file=sys.stderr)
         return _embedded.create_database(name, fresh=True)
