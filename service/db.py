@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import MetaData, create_engine, event
-from sqlalchemy.engine import Connection, Engine, Result
+from sqlalchemy import ColumnElement, Integer, MetaData, any_, bindparam, cast, create_engine, event
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.engine import Connection, Engine, Result, make_url
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Session, sessionmaker
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -31,32 +31,15 @@ class Base(DeclarativeBase):
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    if url.startswith("sqlite"):
-        connect_args = {"check_same_thread": False, "timeout": 30}
-        if url in ("sqlite://", "sqlite:///:memory:"):
-            kwargs.setdefault("poolclass", StaticPool)
-        engine = create_engine(url, connect_args=connect_args, **kwargs)
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            # Let SQLAlchemy, not pysqlite, issue BEGIN, so SAVEPOINTs (and test rollbacks) work.
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
+    """An engine on PostgreSQL, the only database Closer runs on."""
+    url = normalize_url(url)
+    if make_url(url).get_backend_name() != "postgresql":
+        raise ValueError("DATABASE_URL must be a PostgreSQL URL (postgresql://...)")
     ping_idle = not kwargs.get("pool_pre_ping", False)
     if "poolclass" not in kwargs:
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 20)
-    engine = create_engine(normalize_url(url), **kwargs)
+    engine = create_engine(url, **kwargs)
     if ping_idle:
         _ping_after_idle(engine)
     return engine
@@ -148,15 +131,11 @@ def insert_or_ignore(session: Session, model: type[Base], values: dict[str, Any]
     first to commit and then does nothing, so no provider retry is ever stored twice.
     """
     table: Any = model.__table__
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        stmt: Any = pg_insert(table)
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        stmt = sqlite_insert(table)
-    stmt = stmt.values(**values).on_conflict_do_nothing(index_elements=conflict).returning(table.c.id)
+    stmt = insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict).returning(table.c.id)
     inserted = session.execute(stmt).scalar()
     return None if inserted is None else int(inserted)
+
+
+def id_in(column: ColumnElement[int] | InstrumentedAttribute[int], ids: list[int]) -> ColumnElement[bool]:
+    """`column = ANY(array)`: one parameter however many ids, so the statement text never grows."""
+    return column == any_(cast(bindparam(None, ids, type_=ARRAY(Integer)), ARRAY(Integer)))

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.db import affected_rows
+from service.db import affected_rows, insert_or_ignore
 from service.domain.consent import set_consent
 from service.domain.scheduling import local_date, send_instant
 from service.models import (
@@ -114,18 +114,7 @@ def record_event_once(
     values = {"provider": provider, "provider_event_id": event_id[:255],
               "provider_message_id": (message_id or None) and message_id[:128], "nudge_id": nudge_id,
               "event": event[:32], "error_code": error_code, "occurred_at": occurred_at}
-    result = session.execute(_insert_ignoring_duplicates(session).values(**values).returning(DeliveryEvent.id))
-    return result.first() is not None
-
-
-def _insert_ignoring_duplicates(session: Session) -> Insert:
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(DeliveryEvent).on_conflict_do_nothing(index_elements=["provider", "provider_event_id"])
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(DeliveryEvent).on_conflict_do_nothing(index_elements=["provider", "provider_event_id"])
+    return insert_or_ignore(session, DeliveryEvent, values, conflict=["provider", "provider_event_id"]) is not None
 
 
 def advance(

@@ -24,27 +24,12 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 
-from sqlalchemy import (
-    ColumnElement,
-    Integer,
-    LargeBinary,
-    Table,
-    and_,
-    any_,
-    bindparam,
-    case,
-    cast,
-    or_,
-    select,
-    text,
-    type_coerce,
-    update,
-)
+from sqlalchemy import LargeBinary, and_, select, text, type_coerce, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
+from sqlalchemy.orm import Session, aliased
 
 from service.crypto import active_cipher, open_text
-from service.db import affected_rows
+from service.db import affected_rows, id_in
 from service.domain.consent import set_consent
 from service.domain.planner import OVERDUE_AFTER, SENDING_PAUSED_FLAG
 from service.domain.scheduling import (
@@ -80,10 +65,6 @@ BACKOFF_CAP_SECONDS = 900.0
 PAUSABLE_KINDS = frozenset({NudgeKind.PROMPT, NudgeKind.PROGRAM_COMPLETE, NudgeKind.REPLY_REMINDER})
 TIMED_KINDS = frozenset({NudgeKind.PROMPT, NudgeKind.PROGRAM_COMPLETE})
 _NO_SYNC = {"synchronize_session": False}
-# Executemany statements go to the table itself: the ORM's bulk UPDATE path costs more than the SQL.
-_NUDGES: Table = Nudge.__table__  # type: ignore[assignment]
-_PARTNERS: Table = Partner.__table__  # type: ignore[assignment]
-_FLAGS: Table = ControlFlag.__table__  # type: ignore[assignment]
 
 
 class SendOutcome(enum.StrEnum):
@@ -148,17 +129,6 @@ class Composed:
     store: dict[str, str | None] = field(default_factory=dict)  # rendered now: stored with the claim
 
 
-def id_in(
-    session: Session, column: ColumnElement[int] | InstrumentedAttribute[int], ids: list[int]
-) -> ColumnElement[bool]:
-    """`column IN ids`; on PostgreSQL as `= ANY(array)`, one parameter however long the list."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import ARRAY
-
-        return column == any_(cast(bindparam(None, ids, type_=ARRAY(Integer)), ARRAY(Integer)))
-    return column.in_(ids)
-
-
 def load_plans(session: Session, nudge_ids: list[int], settings: Settings) -> list[SendPlan]:
     """The batch's nudges still `queued`, with what each send needs, in one query."""
     if not nudge_ids:
@@ -175,7 +145,7 @@ def load_plans(session: Session, nudge_ids: list[int], settings: Settings) -> li
         .join(me, me.id == Nudge.partner_id)
         .join(Enrollment, Enrollment.id == Nudge.enrollment_id)
         .outerjoin(other, and_(other.couple_id == me.couple_id, other.id != me.id))
-        .where(id_in(session, Nudge.id, nudge_ids), Nudge.status == NudgeStatus.QUEUED)
+        .where(id_in(Nudge.id, nudge_ids), Nudge.status == NudgeStatus.QUEUED)
         .order_by(Nudge.id)
     ).all()
     plans, seen = [], set()
@@ -208,7 +178,7 @@ def load_plans(session: Session, nudge_ids: list[int], settings: Settings) -> li
     return plans
 
 
-_PG_REMEMBER_JOBS = text(
+_REMEMBER_JOBS = text(
     "UPDATE nudges AS n SET send_job_id = v.job_id "
     "FROM unnest(CAST(:ids AS integer[]), CAST(:jobs AS varchar[])) AS v(id, job_id) "
     "WHERE n.id = v.id AND n.status = 'queued'"
@@ -219,16 +189,8 @@ def remember_jobs(session: Session, assignments: list[tuple[int, str]]) -> None:
     """Note which send job each queued nudge was given to (the scheduler checks those jobs still exist)."""
     if not assignments:
         return
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        connection.execute(_PG_REMEMBER_JOBS, {"ids": [i for i, _ in assignments],
-                                               "jobs": [j for _, j in assignments]})
-        return
-    connection.execute(
-        update(_NUDGES).where(_NUDGES.c.id == bindparam("b_id"), _NUDGES.c.status == NudgeStatus.QUEUED.value)
-        .values(send_job_id=bindparam("b_job")),
-        [{"b_id": i, "b_job": j} for i, j in assignments],
-    )
+    session.connection().execute(_REMEMBER_JOBS, {"ids": [i for i, _ in assignments],
+                                                  "jobs": [j for _, j in assignments]})
 
 
 @dataclass(frozen=True)
@@ -357,19 +319,7 @@ def seal(store: dict[str, str | None]) -> tuple[bytes | None, ...]:
     return tuple(_encrypted(store.get(name)) for name in _STORED)
 
 
-def _partner_may_receive(now: datetime) -> ColumnElement[bool]:
-    """Per nudge row, in SQL: the partner's consent on the nudge's channel still allows this kind of
-    message, and (for scheduled content) they are not paused."""
-    nudges, partners = _NUDGES.c, _PARTNERS.c
-    consent = case((nudges.channel == Channel.SMS.value, partners.sms_consent), else_=partners.email_consent)
-    allowed = case((nudges.kind.in_([k.value for k in CONFIRMATION_KINDS]), ConsentState.PENDING.value),
-                   else_=ConsentState.CONFIRMED.value)
-    not_paused = or_(nudges.kind.not_in([k.value for k in PAUSABLE_KINDS]), partners.paused_until.is_(None),
-                     partners.paused_until <= now)
-    return select(partners.id).where(partners.id == nudges.partner_id, consent == allowed, not_paused).exists()
-
-
-def _pg_claim_sql() -> str:
+def _claim_sql() -> str:
     pausable = ", ".join(f"'{k.value}'" for k in sorted(PAUSABLE_KINDS))
     asking = ", ".join(f"'{k.value}'" for k in sorted(CONFIRMATION_KINDS))
     # Only our own enum constants are formatted into this SQL. The stored texts arrive as Fernet tokens
@@ -390,13 +340,13 @@ def _pg_claim_sql() -> str:
     )
 
 
-# On PostgreSQL a whole round of claims (or of records) is one statement over arrays: one round trip,
+# A whole round of claims (or of records) is one statement over arrays: one round trip,
 # and a query text that does not grow with the round. The arrays travel as array literals built here
 # (a join of strings) and the SQL as the driver's own (`exec_driver_sql`): the driver's per-element
 # array adaptation and the SQL construct layer cost more than the statement itself on a worker that
 # sends a thousand nudges a second.
-_PG_CLAIM = _pg_claim_sql()
-_PG_RECORD_SENT = (
+_CLAIM = _claim_sql()
+_RECORD_SENT = (
     "UPDATE nudges AS n SET "
     "status = CASE WHEN n.status = 'sending' THEN 'sent' ELSE n.status END, "
     "sent_at = CASE WHEN n.status = 'sending' THEN %(now)s ELSE COALESCE(n.sent_at, %(now)s) END, "
@@ -410,7 +360,7 @@ _PG_RECORD_SENT = (
 # A worker's ledger round usually holds both claims and records: one statement (a data-modifying WITH)
 # writes both, so PostgreSQL runs and commits one statement a round instead of two. A record is only
 # ever sent after its nudge's claim was committed in an earlier round, so the two never touch one row.
-_PG_CLAIM_AND_RECORD = f"WITH recorded AS ({_PG_RECORD_SENT}) {_PG_CLAIM}"
+_CLAIM_AND_RECORD = f"WITH recorded AS ({_RECORD_SENT}) {_CLAIM}"
 
 
 def pg_int_array(values: list[int]) -> str:
@@ -444,49 +394,29 @@ def claim_rows(connection: Connection, claims: list[Claim], now: datetime) -> se
     """
     if not claims:
         return set()
-    if connection.dialect.name == "postgresql":
-        return set(connection.exec_driver_sql(_PG_CLAIM, {"now": now, **_pg_claim_arrays(claims)}).scalars())
-    nudges = _NUDGES.c
-    with_text = [c for c in claims if c.store]
-    if with_text:
-        connection.execute(
-            update(_NUDGES).where(nudges.id == bindparam("b_id"), nudges.status == NudgeStatus.QUEUED.value)
-            .values(subject=bindparam("b_subject"), body_text=bindparam("b_text"), body_html=bindparam("b_html")),
-            [{"b_id": c.nudge_id, "b_subject": c.store.get("subject"), "b_text": c.store.get("body_text"),
-              "b_html": c.store.get("body_html")} for c in with_text],
-        )
-    flags = _FLAGS.c
-    kill_switch = select(flags.key).where(flags.key == SENDING_PAUSED_FLAG, flags.value == "1").exists()
-    won = connection.execute(
-        update(_NUDGES)
-        .where(nudges.id.in_([c.nudge_id for c in claims]), nudges.status == NudgeStatus.QUEUED.value,
-               _partner_may_receive(now), ~kill_switch)
-        .values(status=NudgeStatus.SENDING.value, sending_at=now, attempts=nudges.attempts + 1)
-        .returning(nudges.id)
-    ).scalars().all()
-    return set(won)
+    return set(connection.exec_driver_sql(_CLAIM, {"now": now, **_claim_arrays(claims)}).scalars())
 
 
-def _pg_claim_arrays(claims: list[Claim]) -> dict[str, str]:
+def _claim_arrays(claims: list[Claim]) -> dict[str, str]:
     sealed = [c.sealed if c.sealed is not None else seal(c.store) for c in claims]
     return {"ids": pg_int_array([c.nudge_id for c in claims]), "subjects": pg_text_array([s[0] for s in sealed]),
             "texts": pg_text_array([s[1] for s in sealed]), "htmls": pg_text_array([s[2] for s in sealed])}
 
 
-def _pg_sent_arrays(sent: list[tuple[int, str]]) -> dict[str, str]:
+def _sent_arrays(sent: list[tuple[int, str]]) -> dict[str, str]:
     return {"sent_ids": pg_int_array([i for i, _ in sent]), "pids": pg_text_array([p for _, p in sent])}
 
 
 def claim_and_record_rows(
     connection: Connection, claims: list[Claim], sent: list[tuple[int, str]], now: datetime
 ) -> set[int]:
-    """`claim_rows` and `record_sent_rows` together; on PostgreSQL, in one statement when there are both."""
-    if not (claims and sent) or connection.dialect.name != "postgresql":
+    """`claim_rows` and `record_sent_rows` together, in one statement when there are both."""
+    if not (claims and sent):
         won = claim_rows(connection, claims, now)
         record_sent_rows(connection, sent, now)
         return won
-    return set(connection.exec_driver_sql(_PG_CLAIM_AND_RECORD, {
-        "now": now, **_pg_claim_arrays(claims), **_pg_sent_arrays(sent)}).scalars())
+    return set(connection.exec_driver_sql(_CLAIM_AND_RECORD, {
+        "now": now, **_claim_arrays(claims), **_sent_arrays(sent)}).scalars())
 
 
 def claim(session: Session, plan: SendPlan, now: datetime, store: dict[str, str | None]) -> bool:
@@ -552,23 +482,7 @@ def record_sent_many(session: Session, sent: list[tuple[int, str]], now: datetim
 def record_sent_rows(connection: Connection, sent: list[tuple[int, str]], now: datetime) -> None:
     if not sent:
         return
-    table = _NUDGES
-    if connection.dialect.name == "postgresql":
-        connection.exec_driver_sql(_PG_RECORD_SENT, {"now": now, **_pg_sent_arrays(sent)})
-        return
-    rows = [{"b_id": nudge_id, "b_pid": message_id, "b_at": now} for nudge_id, message_id in sent]
-    connection.execute(
-        update(table).where(table.c.id == bindparam("b_id"), table.c.status == NudgeStatus.SENDING.value)
-        .values(status=NudgeStatus.SENT.value, sent_at=bindparam("b_at"), provider_message_id=bindparam("b_pid"),
-                error_code=None, status_reason=None, needs_review=False),
-        rows,
-    )
-    # A status callback that got here first moved the nudge on already: keep its status, add the id.
-    connection.execute(
-        update(table).where(table.c.id == bindparam("b_id"), table.c.provider_message_id.is_(None))
-        .values(provider_message_id=bindparam("b_pid"), sent_at=bindparam("b_at")),
-        rows,
-    )
+    connection.exec_driver_sql(_RECORD_SENT, {"now": now, **_sent_arrays(sent)})
 
 
 def record_sent(session: Session, nudge_id: int, result: SendResult, now: datetime) -> None:

@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Insert, Integer, any_, bindparam, cast, select, text, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
-from service.db import affected_rows
+from service.db import affected_rows, id_in
 from service.domain.scheduling import (
     UnknownTimeZone,
     first_local_date_after,
@@ -169,20 +168,13 @@ def plan_due_steps(
     return len(schedules)
 
 
-def _id_in(session: Session, column: Any, ids: list[int]) -> Any:
-    """`column IN ids`; on PostgreSQL as `= ANY(array)`: one parameter however many ids."""
-    if session.get_bind().dialect.name == "postgresql":
-        return column == any_(cast(bindparam(None, ids, type_=ARRAY(Integer)), ARRAY(Integer)))
-    return column.in_(ids)
-
-
 def _busy_days(session: Session, schedules: Sequence[_Due]) -> set[tuple[int, date]]:
     """(partner, local day) pairs that already hold a scheduled message, from any enrollment."""
     partners = {s.partner_id: s for s in schedules}
     due = [s.next_send_at for s in schedules if s.next_send_at is not None]
     rows = session.execute(
         select(Nudge.partner_id, Nudge.scheduled_for).where(
-            _id_in(session, Nudge.partner_id, list(partners)),
+            id_in(Nudge.partner_id, list(partners)),
             Nudge.kind.in_(list(SCHEDULED_KINDS)),
             Nudge.status.in_(list(_OCCUPYING)),
             Nudge.scheduled_for >= min(due) - timedelta(days=2),
@@ -271,8 +263,8 @@ def _finish(batch: _Batch, schedule: _Due, channels: list[Channel], invite_at: d
 
 
 _SCHEDULE_COLUMNS = ("next_day", "first_local_date", "next_send_at", "last_sent_local_date")
-# One statement for a whole batch on PostgreSQL: the rows travel as one array per column.
-_PG_UPDATE_SCHEDULES = text(
+# One statement for a whole batch: the rows travel as one array per column.
+_UPDATE_SCHEDULES = text(
     "UPDATE partner_schedules AS s SET next_day = v.next_day, first_local_date = v.first_local_date, "
     "next_send_at = v.next_send_at, last_sent_local_date = v.last_sent_local_date "
     "FROM unnest(CAST(:id AS integer[]), CAST(:next_day AS integer[]), CAST(:first_local_date AS date[]), "
@@ -282,19 +274,14 @@ _PG_UPDATE_SCHEDULES = text(
 
 
 def update_schedules(session: Session, schedules: Sequence[_Due]) -> None:
-    """Write the planned schedules back: one UPDATE ... FROM unnest on PostgreSQL, else an executemany
-    by primary key. Any of them the session already holds are expired, so they read the new values."""
+    """Write the planned schedules back in one UPDATE ... FROM unnest. Any of them the session already
+    holds are expired, so they read the new values."""
     if not schedules:
         return
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(_PG_UPDATE_SCHEDULES, {
-            "id": [s.id for s in schedules],
-            **{name: [getattr(s, name) for s in schedules] for name in _SCHEDULE_COLUMNS},
-        })
-    else:
-        session.execute(update(PartnerSchedule), [
-            {"id": s.id, **{name: getattr(s, name) for name in _SCHEDULE_COLUMNS}} for s in schedules
-        ], execution_options={"synchronize_session": False})
+    session.execute(_UPDATE_SCHEDULES, {
+        "id": [s.id for s in schedules],
+        **{name: [getattr(s, name) for s in schedules] for name in _SCHEDULE_COLUMNS},
+    })
     _expire(session, PartnerSchedule, [s.id for s in schedules])
 
 
@@ -305,13 +292,13 @@ def _complete_enrollments(session: Session, batch: _Batch) -> None:
         return
     still_open = set(session.scalars(
         select(PartnerSchedule.enrollment_id).where(
-            _id_in(session, PartnerSchedule.enrollment_id, enrollment_ids), PartnerSchedule.next_send_at.is_not(None))
+            id_in(PartnerSchedule.enrollment_id, enrollment_ids), PartnerSchedule.next_send_at.is_not(None))
     ))
     done = [i for i in enrollment_ids if i not in still_open]
     if not done:
         return
     result = session.execute(
-        update(Enrollment).where(_id_in(session, Enrollment.id, done), Enrollment.status == EnrollmentStatus.ACTIVE)
+        update(Enrollment).where(id_in(Enrollment.id, done), Enrollment.status == EnrollmentStatus.ACTIVE)
         .values(status=EnrollmentStatus.COMPLETED, ended_at=batch.now),
         execution_options={"synchronize_session": False},
     )
@@ -340,22 +327,8 @@ def _row(
     }
 
 
-def _insert(session: Session) -> Insert:
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(Nudge).on_conflict_do_nothing(
-            index_elements=["enrollment_id", "kind", "step_day", "partner_id", "channel"]
-        )
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(Nudge).on_conflict_do_nothing(
-        index_elements=["enrollment_id", "kind", "step_day", "partner_id", "channel"]
-    )
-
-
-# On PostgreSQL the rows travel as one array per column: a query text that does not grow with the batch.
-_PG_INSERT_NUDGES = text(
+# The rows travel as one array per column: a query text that does not grow with the batch.
+_INSERT_NUDGES = text(
     "INSERT INTO nudges (enrollment_id, partner_id, kind, step_day, channel, status, status_reason, "
     "scheduled_for, queued_at, attempts, needs_review) "
     "SELECT * FROM unnest(CAST(:enrollment_id AS integer[]), CAST(:partner_id AS integer[]), "
@@ -370,11 +343,8 @@ def insert_nudges(session: Session, rows: list[dict[str, Any]]) -> list[int]:
     """Insert nudges, keeping any that already exist; returns the ids of the new `queued` ones."""
     if not rows:
         return []
-    if session.get_bind().dialect.name == "postgresql":
-        columns = {name: [row[name] for row in rows] for name in rows[0]}
-        result = session.execute(_PG_INSERT_NUDGES, columns)
-    else:
-        result = session.execute(_insert(session).returning(Nudge.id, Nudge.status), rows)
+    columns = {name: [row[name] for row in rows] for name in rows[0]}
+    result = session.execute(_INSERT_NUDGES, columns)
     return sorted(nudge_id for nudge_id, status in result.all() if status == NudgeStatus.QUEUED)
 
 

@@ -16,8 +16,6 @@ from service.db import make_engine
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("a server connection to cut needs PostgreSQL (SQLite has no server)")
     engine = make_engine(database_url, pool_size=1, max_overflow=0)
     yield engine
     engine.dispose()
