@@ -55,10 +55,8 @@ def lock_reveals(session: Session, enrollment_id: int) -> None:
     Without it, two partners answering at the same moment each miss the other's uncommitted answer (so
     no reveal goes out), or both see each other and both queue the reveals (a unique violation, or a
     deadlock on the two rows). With it, the later of the two sees the earlier one's committed answer.
-    SQLite already serializes writers (BEGIN IMMEDIATE).
     """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:c, :k)"), {"c": _LOCK_CLASS, "k": enrollment_id})
+    session.execute(text("SELECT pg_advisory_xact_lock(:c, :k)"), {"c": _LOCK_CLASS, "k": enrollment_id})
 
 
 def next_allowed_instant(partner: Partner, now: datetime) -> datetime:

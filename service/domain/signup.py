@@ -183,12 +183,8 @@ def _masked(address: str) -> str:
 
 
 def _lock_address(session: Session, address: str) -> None:
-    """Serialize signups and reminders per address until commit, so two at once cannot both pass the cap.
-
-    SQLite already serializes writers (BEGIN IMMEDIATE); PostgreSQL takes a transaction advisory lock.
-    """
-    if session.get_bind().dialect.name != "postgresql":
-        return
+    """Serialize signups and reminders per address until commit, so two at once cannot both pass the cap
+    (a transaction-level advisory lock on a hash of the address)."""
     digest = hashlib.sha256(address.lower().encode()).digest()
     key = int.from_bytes(digest[:4], "big", signed=True)
     session.execute(text("SELECT pg_advisory_xact_lock(:c, :k)"), {"c": _LOCK_CLASS, "k": key})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from flask import Flask
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -14,7 +13,8 @@ from service.domain.inbound import InboundSms, receive_sms
 from service.domain.reveal import next_allowed_instant, plan_reply_reminders
 from service.domain.shared_log import build_log
 from service.models import Couple, InboundMessage, Nudge, NudgeKind, NudgeStatus, Partner
-from service.runtime import Runtime, runtime_of
+from service.runtime import Runtime
+from service.web.context import runtime_of
 from tests.factories import make_couple, make_sent_prompt
 
 REVEAL_DAY = 5  # appreciation day 5 is a reveal step
@@ -119,8 +119,6 @@ def test_two_answers_at_the_same_moment_reveal_once(session_app: Flask) -> None:
     """Committed transactions on separate connections: the second answer waits for the first to commit,
     then sees it and queues both reveals (without the lock, neither would see the other's answer)."""
     database = runtime_of(session_app).database
-    if database.dialect != "postgresql":
-        pytest.skip("SQLite serializes writers; the lock is PostgreSQL's")
     runtime = runtime_of(session_app)
     with database.transaction() as session:
         couple = make_couple(session, start=AFTERNOON - timedelta(days=6))
