@@ -29,7 +29,8 @@ def utcnow() -> datetime:
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite forgets the zone otherwise)."""
+    """A timestamptz read back as an aware datetime in UTC (psycopg gives the session's time zone); a
+    naive datetime is refused rather than guessed at."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -42,9 +43,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return None if value is None else value.astimezone(UTC)
 
 
 class Channel(enum.StrEnum):

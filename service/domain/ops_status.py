@@ -37,6 +37,7 @@ from service.models import (
     NudgeKind,
     NudgeStatus,
     PartnerSchedule,
+    UTCDateTime,
 )
 
 HOUR = timedelta(hours=1)
@@ -120,33 +121,22 @@ def floor_hour(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def _hour_bucket(session: Session, column: InstrumentedAttribute[Any]) -> ColumnElement[Any]:
+def _hour_bucket(column: InstrumentedAttribute[Any]) -> ColumnElement[Any]:
     """The UTC hour a timestamp falls in, computed by the database.
 
-    On PostgreSQL date_bin (14+) is the cheapest; formatting each row as text (to_char) cost three times
-    as much over a day of a million couples' nudges.
+    date_bin (PostgreSQL 14+) is the cheapest; formatting each row as text (to_char) cost three times as
+    much over a day of a million couples' nudges.
     """
-    bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
-        version = bind.dialect.server_version_info or (0,)
-        if version >= (14,):
-            return func.date_bin(literal_column("interval '1 hour'"), column,
-                                 literal_column("timestamptz '2000-01-01 00:00:00+00'"))
-        return func.date_trunc("hour", func.timezone("UTC", column))
-    return func.strftime("%Y-%m-%dT%H:00:00", column)
-
-
-def _hour_of(value: datetime | str) -> datetime:
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return func.date_bin(literal_column("interval '1 hour'"), column,
+                         literal_column("timestamptz '2000-01-01 00:00:00+00'"), type_=UTCDateTime())
 
 
 def _grouped(session: Session, column: InstrumentedAttribute[Any], labels: Sequence[InstrumentedAttribute[Any]],
              *where: ColumnElement[bool]) -> list[tuple[datetime, tuple[str, ...], int]]:
     """Counts per UTC hour of `column` and per value of `labels`, in one pass over the window."""
-    bucket = _hour_bucket(session, column).label("hour")
+    bucket = _hour_bucket(column).label("hour")
     rows = session.execute(select(bucket, *labels, func.count()).where(*where).group_by(bucket, *labels)).all()
-    return [(_hour_of(row[0]), tuple(str(v) for v in row[1:-1]), int(row[-1])) for row in rows if row[0] is not None]
+    return [(row[0], tuple(str(v) for v in row[1:-1]), int(row[-1])) for row in rows if row[0] is not None]
 
 
 # --- traffic: per hour, and per channel ---------------------------------------------------------
@@ -380,7 +370,7 @@ def provider_errors(session: Session, now: datetime, window: timedelta = DAY, la
         .where(*in_window).group_by(Nudge.error_code, Nudge.channel)
     ).all()
     by_code = sorted(
-        (ErrorSummary(code=str(code), channel=str(channel), count=int(count), last_seen=_aware(last),
+        (ErrorSummary(code=str(code), channel=str(channel), count=int(count), last_seen=last,
                       meaning=error_meaning(code)) for code, channel, count, last in summary),
         key=lambda e: (-e.count, e.code, e.channel),
     )
@@ -395,18 +385,14 @@ def provider_errors(session: Session, now: datetime, window: timedelta = DAY, la
         ).all())
     rows.sort(key=lambda row: (row[5], row[0]), reverse=True)
     recent = [RecentError(nudge_id=int(i), channel=str(ch), kind=str(k), status=str(st), code=str(code),
-                          meaning=error_meaning(code), at=_aware(at)) for i, ch, k, st, code, at in rows[:latest]]
+                          meaning=error_meaning(code), at=at) for i, ch, k, st, code, at in rows[:latest]]
     return ProviderErrors(window_hours=int(window.total_seconds() // 3600), by_code=by_code, latest=recent)
 
 
-def _aware(value: Any) -> datetime | None:
-    """Aggregates (max) bypass the column type, so SQLite hands back a string or a naive datetime."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    assert isinstance(value, datetime)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+def _flag_time(value: str) -> datetime:
+    """A time a control flag keeps as text (ISO 8601; one without a zone is taken as UTC)."""
+    moment = datetime.fromisoformat(value)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 @dataclass
@@ -479,7 +465,7 @@ def control_state(session: Session) -> ControlState:
     last_pass_at: datetime | None = None
     if last_pass is not None:
         try:
-            last_pass_at = _aware(datetime.fromisoformat(last_pass.value))
+            last_pass_at = _flag_time(last_pass.value)
         except ValueError:
             last_pass_at = last_pass.updated_at
     return ControlState(

@@ -253,17 +253,13 @@ def _plans(db: Session) -> list[tuple[str, str]]:
         status_report(db, NOW)
     finally:
         event.remove(connection, "before_cursor_execute", capture)
-    dialect = connection.dialect.name
     plans = []
-    if dialect == "postgresql":
-        # With sequential scans priced out, a query that can use an index does: what is left is a full scan.
-        connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+    # With sequential scans priced out, a query that can use an index does: what is left is a full scan.
+    connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
     for statement, parameters in statements:
-        prefix = "EXPLAIN " if dialect == "postgresql" else "EXPLAIN QUERY PLAN "
-        rows = connection.exec_driver_sql(prefix + statement, parameters).all()
+        rows = connection.exec_driver_sql("EXPLAIN " + statement, parameters).all()
         plans.append((statement, "\n".join(str(row[-1]) for row in rows)))
-    if dialect == "postgresql":
-        connection.exec_driver_sql("SET LOCAL enable_seqscan = on")
+    connection.exec_driver_sql("SET LOCAL enable_seqscan = on")
     return plans
 
 
@@ -273,8 +269,6 @@ def test_every_query_on_a_big_table_uses_an_index(db: Session) -> None:
     for statement, plan in plans:
         for table in BIG_TABLES:
             assert f"Seq Scan on {table}" not in plan, (statement, plan)
-            assert not any(line.strip().startswith(f"SCAN {table}") and "INDEX" not in line
-                           for line in plan.splitlines()), (statement, plan)
     text = "\n".join(plan for _, plan in plans)
     for index in ("ix_nudges_sent_at_channel_kind", "ix_nudges_delivered_at_channel", "ix_nudges_status_sending_at",
                   "ix_log_entries_received_at_channel", "ix_consent_records_occurred_at",
