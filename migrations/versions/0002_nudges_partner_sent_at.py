@@ -18,30 +18,19 @@ depends_on = None
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        # CONCURRENTLY: building it on a live nudges table must not block the senders' writes. A concurrent
-        # build that failed leaves an INVALID index behind; dropping any first makes a rerun build it anew.
-        with op.get_context().autocommit_block():
-            op.drop_index("ix_nudges_partner_id_sent_at", table_name="nudges", postgresql_concurrently=True,
-                          if_exists=True)
-            op.create_index("ix_nudges_partner_id_sent_at", "nudges", ["partner_id", "sent_at"],
-                            postgresql_concurrently=True)
-            op.drop_index("ix_nudges_partner_id", table_name="nudges", postgresql_concurrently=True,
-                          if_exists=True)
-    else:
-        with op.batch_alter_table("nudges") as batch_op:
-            batch_op.create_index("ix_nudges_partner_id_sent_at", ["partner_id", "sent_at"])
-            batch_op.drop_index("ix_nudges_partner_id")
+    # CONCURRENTLY: building it on a live nudges table must not block the senders' writes. A concurrent
+    # build that failed leaves an INVALID index behind; dropping any first makes a rerun build it anew.
+    with op.get_context().autocommit_block():
+        op.drop_index("ix_nudges_partner_id_sent_at", table_name="nudges", postgresql_concurrently=True,
+                      if_exists=True)
+        op.create_index("ix_nudges_partner_id_sent_at", "nudges", ["partner_id", "sent_at"],
+                        postgresql_concurrently=True)
+        op.drop_index("ix_nudges_partner_id", table_name="nudges", postgresql_concurrently=True, if_exists=True)
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        with op.get_context().autocommit_block():
-            op.drop_index("ix_nudges_partner_id", table_name="nudges", postgresql_concurrently=True, if_exists=True)
-            op.create_index("ix_nudges_partner_id", "nudges", ["partner_id"], postgresql_concurrently=True)
-            op.drop_index("ix_nudges_partner_id_sent_at", table_name="nudges", postgresql_concurrently=True,
-                          if_exists=True)
-    else:
-        with op.batch_alter_table("nudges") as batch_op:
-            batch_op.create_index("ix_nudges_partner_id", ["partner_id"])
-            batch_op.drop_index("ix_nudges_partner_id_sent_at")
+    with op.get_context().autocommit_block():
+        op.drop_index("ix_nudges_partner_id", table_name="nudges", postgresql_concurrently=True, if_exists=True)
+        op.create_index("ix_nudges_partner_id", "nudges", ["partner_id"], postgresql_concurrently=True)
+        op.drop_index("ix_nudges_partner_id_sent_at", table_name="nudges", postgresql_concurrently=True,
+                      if_exists=True)

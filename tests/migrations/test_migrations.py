@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
-from sqlalchemy.engine import make_url
 
-from service.db import make_engine, normalize_url
+from service.db import make_engine
 from service.migrations import check, downgrade, upgrade
 from service.settings import Settings
+from tests.support.databases import scratch_database
 
 
 @pytest.fixture()
-def scratch_settings(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
-    url = make_url(normalize_url(settings.database_url))
-    if url.get_backend_name() != "postgresql":
-        yield settings.with_overrides(database_url=f"sqlite:///{tmp_path / 'migrations.db'}")
-        return
-    name = f"closer_migrations_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(url.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield settings.with_overrides(database_url=url.set(database=name).render_as_string(hide_password=False))
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def scratch_settings(settings: Settings) -> Iterator[Settings]:
+    with scratch_database(settings.database_url, "migrations") as url:
+        yield settings.with_overrides(database_url=url)
 
 
 def _tables(settings: Settings) -> set[str]:
@@ -49,13 +35,9 @@ def test_upgrade_check_downgrade_upgrade(scratch_settings: Settings) -> None:
     assert _tables(scratch_settings) == set()
     upgrade(scratch_settings)
     check(scratch_settings)
-    backend = make_url(scratch_settings.database_url).get_backend_name()
-    print(f"migrations: upgrade, check, downgrade to base and upgrade passed on {backend}")
 
 
 def test_0002_rebuilds_an_index_a_failed_concurrent_build_left_invalid(scratch_settings: Settings) -> None:
-    if make_url(scratch_settings.database_url).get_backend_name() != "postgresql":
-        pytest.skip("CREATE INDEX CONCURRENTLY and invalid indexes are PostgreSQL's")
     upgrade(scratch_settings, "0001")
     engine = make_engine(scratch_settings.database_url)
     try:

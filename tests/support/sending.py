@@ -22,18 +22,17 @@ import pytest
 import redis as redis_lib
 from flask import Flask
 from rq import Queue, SimpleWorker
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
-from jobs.runtime import QUEUE_NAMES
-from service.db import make_engine, normalize_url
+from jobs.runtime import using_runtime
 from service.migrations import upgrade
 from service.providers import Providers
 from service.providers.sendgrid_email import SendGridEmail
 from service.providers.twilio_sms import TwilioSms
+from service.queues import QUEUE_NAMES
 from service.redis_runtime import die_with_parent
 from service.runtime import Runtime
 from service.settings import Settings
+from tests.support.databases import scratch_database
 from tests.support.fake_providers import FakeProviders
 from tests.support.prism import PrismPair, shared_mocks
 
@@ -163,53 +162,30 @@ class Scratch:
         return self.runtime.redis
 
 
-def _scratch_url(base: str, tmp: Path) -> tuple[str, Callable[[], None]]:
-    """A fresh database next to the test database (PostgreSQL: `<name>_scratch`), and how to drop it."""
-    if not base.startswith(("postgres", "postgresql")):
-        return f"sqlite:///{tmp / 'scratch.db'}", lambda: None
-    url = make_url(normalize_url(base))
-    name = f"{url.database}_scratch"
-    admin = make_engine(url.set(database="postgres").render_as_string(hide_password=False),
-                        isolation_level="AUTOCOMMIT")
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-    drop()
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop_and_dispose() -> None:
-        drop()
-        admin.dispose()
-
-    return url.set(database=name).render_as_string(hide_password=False), drop_and_dispose
-
-
 @pytest.fixture()
-def scratch(settings: Settings, tmp_path: Path) -> Iterator[Scratch]:
-    """A committed database of its own, migrated, with an app on it; dropped afterwards.
+def scratch(settings: Settings) -> Iterator[Scratch]:
+    """A committed database of its own, migrated, with an app on it; dropped afterwards. Jobs run in this
+    process (send_batch, an in-process worker) use the app's runtime.
 
     Tests that run real worker processes cannot see the rolled-back test transaction, so they use this.
     """
     from service.app import create_app
-    from service.runtime import runtime_of
+    from service.web.context import runtime_of
 
-    url, drop = _scratch_url(settings.database_url, tmp_path)
-    scratch_settings = settings.with_overrides(database_url=url)
-    upgrade(scratch_settings)
-    app = create_app(scratch_settings)
-    runtime = runtime_of(app)
-    runtime.redis.flushdb()
-    scratch = Scratch(scratch_settings, app, runtime)
-    try:
-        yield scratch
-    finally:
-        scratch.stop_workers()
+    with scratch_database(settings.database_url, "scratch") as url:
+        scratch_settings = settings.with_overrides(database_url=url)
+        upgrade(scratch_settings)
+        app = create_app(scratch_settings)
+        runtime = runtime_of(app)
         runtime.redis.flushdb()
-        runtime.database.dispose()
-        drop()
+        scratch = Scratch(scratch_settings, app, runtime)
+        try:
+            with using_runtime(runtime):
+                yield scratch
+        finally:
+            scratch.stop_workers()
+            runtime.redis.flushdb()
+            runtime.database.dispose()
 
 
 def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.05) -> bool:

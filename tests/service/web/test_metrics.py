@@ -19,14 +19,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue
 from sqlalchemy.orm import Session
 
-from jobs.runtime import QUEUE_HIGH, QUEUE_SEND
 from service import telemetry
 from service.domain.planner import LAST_PASS_FLAG, SENDING_PAUSED_FLAG
 from service.migrations import upgrade
 from service.models import ControlFlag, LogEntry, Nudge, NudgeKind, NudgeStatus
+from service.queues import QUEUE_HIGH, QUEUE_SEND
 from service.runtime import Runtime
 from service.settings import PROJECT_ROOT, Settings
 from tests.factories import make_couple
+from tests.support.databases import scratch_database
 
 REPO = PROJECT_ROOT
 
@@ -156,10 +157,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture()
-def gunicorn_web(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, Path]]:
-    """`web` as the Procfile runs it (its gunicorn config), with two single-threaded workers."""
-    database_url = f"sqlite:///{tmp_path / 'web.db'}"
-    upgrade(Settings(closer_env="testing", database_url=database_url, redis_url=redis_url).validated())
+def gunicorn_web(tmp_path: Path, settings: Settings, redis_url: str) -> Iterator[tuple[str, Path]]:
+    """`web` as the Procfile runs it (its gunicorn config), with two single-threaded workers, on a
+    database of its own (the app's processes cannot see the test's rolled-back transaction)."""
+    with scratch_database(settings.database_url, "web") as database_url:
+        upgrade(settings.with_overrides(database_url=database_url))
+        yield from _serve(tmp_path, database_url, redis_url)
+
+
+def _serve(tmp_path: Path, database_url: str, redis_url: str) -> Iterator[tuple[str, Path]]:
+    """The gunicorn master and its workers on `database_url`, until the caller is done with them."""
     prometheus_dir = tmp_path / "prometheus"
     port = _free_port()
     env = {**os.environ, "CLOSER_ENV": "testing", "DATABASE_URL": database_url, "REDIS_URL": redis_url,
