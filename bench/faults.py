@@ -62,16 +62,15 @@ from twilio.request_validator import RequestValidator
 from bench.common import ROOT
 from bench.seed import PartnerSpec, Seeded, day_zone, night_zone, phone_for, seed_couples
 from bench.stack import CloserProcess, CloserProcesses, FakeProviderProcess, OwnPostgres, OwnRedis, StackError, workdir
-from jobs.runtime import QUEUE_SEND
-from jobs.send import SEND_JOB_TIMEOUT
 from service.crypto import Cipher
 from service.db import make_engine
 from service.domain.planner import STALE_QUEUED_AFTER, STALE_SENDING_AFTER
 from service.domain.scheduling import in_quiet_hours
 from service.migrations import upgrade
 from service.models import ConsentState
+from service.queues import QUEUE_SEND, SEND_JOB_TIMEOUT
 from service.settings import Settings
-from service.web.webhooks.spool import SPOOL_KEY
+from service.spool import SPOOL_KEY
 
 PUBLIC_BASE_URL = "https://faults.closer.example"
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2

@@ -226,7 +226,7 @@ class Bench:
         once more (from the same state) under tracemalloc for its memory."""
         from rq import Queue
 
-        from jobs.runtime import QUEUE_SEND
+        from service.queues import QUEUE_SEND
 
         partners = range(len(self.due_partners) + 1, len(self.due_partners) + 1 + size)
         window_end = self.make_due_within_a_minute(partners)

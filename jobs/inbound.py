@@ -1,4 +1,8 @@
-"""Replaying inbound messages that were spooled to Redis while the database was down."""
+"""Replaying inbound messages that were spooled to Redis while the database was down.
+
+Each kind of spooled record has its replay in HANDLERS, the one place they are listed: a process that
+drains the spool (the scheduler) needs nothing else imported for every kind to be replayed.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,29 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from jobs.send import enqueue_nudges
+from service import spool
 from service.domain.email_replies import InboundEmailError, parse_inbound, receive_email
+from service.domain.inbound import InboundSms, queue_late_answer, receive_sms
+from service.models import NudgeStatus
+from service.queues import enqueue_nudges
 from service.runtime import Runtime
-from service.web.webhooks import spool
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Session, Runtime, dict[str, Any]], list[int]]
+
+
+def _twilio_sms(session: Session, runtime: Runtime, payload: dict[str, Any]) -> list[int]:
+    payload = {**payload, "media_types": tuple(payload.get("media_types", ()))}
+    message = InboundSms(**payload)
+    now = datetime.now(UTC)
+    result = receive_sms(session, message, settings=runtime.settings, programs=runtime.programs, now=now)
+    if result.kind == "keyword" and result.reply and not result.duplicate:
+        # The webhook's TwiML answer went out empty when the text was spooled: the answer goes as a text.
+        answer = queue_late_answer(session, message, result.reply, now)
+        if answer is not None and answer.status == NudgeStatus.QUEUED:
+            return [*result.nudge_ids, answer.id]
+    return result.nudge_ids
 
 
 def _sendgrid_inbound(session: Session, runtime: Runtime, payload: dict[str, Any]) -> list[int]:
@@ -29,11 +48,10 @@ def _sendgrid_inbound(session: Session, runtime: Runtime, payload: dict[str, Any
     return outcome.reply.nudge_ids if outcome.reply else []
 
 
-HANDLERS: dict[str, Handler] = {"sendgrid_inbound": _sendgrid_inbound}
-
-
-def register_handler(kind: str, handler: Handler) -> None:
-    HANDLERS[kind] = handler
+HANDLERS: dict[str, Handler] = {
+    spool.TWILIO_SMS: _twilio_sms,
+    spool.SENDGRID_INBOUND: _sendgrid_inbound,
+}
 
 
 def drain_spool(runtime: Runtime, *, limit: int = 1000) -> int:
@@ -53,6 +71,6 @@ def drain_spool(runtime: Runtime, *, limit: int = 1000) -> int:
         else:
             log.error("spooled message of unknown kind dropped", extra={"kind": record.get("kind")})
         spool.done(runtime.redis, raw)
-        enqueue_nudges(nudge_ids, runtime=runtime)
+        enqueue_nudges(runtime, nudge_ids)
         drained += 1
     return drained

@@ -15,15 +15,10 @@ from redis import Redis
 from rq import Queue, SimpleWorker, Worker
 
 from service import telemetry
+from service.queues import QUEUE_NAMES
 from service.runtime import Runtime, current_runtime
 
 log = logging.getLogger(__name__)
-
-# Transactional messages (confirmations, replies to keywords, reveals) go before daily prompts.
-QUEUE_HIGH = "closer-high"
-QUEUE_SEND = "closer-send"
-QUEUE_LOW = "closer-low"
-QUEUE_NAMES = (QUEUE_HIGH, QUEUE_SEND, QUEUE_LOW)
 
 _worker_app: Flask | None = None
 
@@ -63,11 +58,6 @@ def job(fn: Callable[P, R]) -> Callable[P, R]:
             telemetry.flush()
 
     return wrapper
-
-
-def queue(name: str, runtime: Runtime | None = None) -> Queue:
-    runtime = runtime or current_runtime()
-    return Queue(name, connection=_rq_connection(runtime))
 
 
 def _rq_connection(runtime: Runtime) -> Redis:

@@ -26,8 +26,6 @@ from rq.registry import StartedJobRegistry
 from sqlalchemy import text
 
 from jobs.inbound import drain_spool
-from jobs.runtime import QUEUE_NAMES, QUEUE_SEND
-from jobs.send import enqueue_nudges
 from service.domain.planner import (
     PassReport,
     mark_stale_sending_for_review,
@@ -41,6 +39,7 @@ from service.domain.planner import (
 from service.domain.reveal import plan_reply_reminders
 from service.domain.signup import expire_unconfirmed_signups, plan_confirmation_reminders
 from service.models import NudgeStatus
+from service.queues import QUEUE_NAMES, QUEUE_SEND, enqueue_nudges
 from service.runtime import Runtime, current_runtime
 from service.telemetry import count_nudge_outcomes
 
@@ -130,7 +129,7 @@ def _enqueue(runtime: Runtime, report: PassReport) -> int:
     if not ids:
         return 0
     try:
-        enqueue_nudges(ids, queue_name=QUEUE_SEND, runtime=runtime)
+        enqueue_nudges(runtime, ids, queue_name=QUEUE_SEND)
     except Exception:
         log.exception("enqueue failed; the nudges stay queued for the next pass", extra={"nudges": len(ids)})
         return 0

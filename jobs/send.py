@@ -20,20 +20,19 @@ import os
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from queue import Empty, SimpleQueue
 from typing import Protocol
 
-from rq import Queue, Retry, get_current_job
+from rq import Queue, get_current_job
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from jobs.runtime import QUEUE_SEND, job, queue
+from jobs.runtime import job
 from jobs.throttle import admit, hold, throttle
 from service.db import Database
 from service.domain.outbound import (
@@ -50,7 +49,6 @@ from service.domain.outbound import (
     record_failure,
     record_sent_many,
     release_claim,
-    remember_jobs,
     seal,
     send_time_guard,
 )
@@ -62,40 +60,7 @@ from service.telemetry import count_nudge_outcomes
 
 log = logging.getLogger(__name__)
 
-SEND_JOB_TIMEOUT = 300
 SWITCH_INTERVAL = 0.001
-# A failed or abandoned send job goes straight back on the queue: a retry scheduled for later needs RQ's
-# scheduler, whose lock a killed worker holds for a minute. Claims make an immediate re-run safe, and
-# the scheduler pass enqueues again whatever a job that failed for good left queued.
-SEND_JOB_RETRY = Retry(max=3)
-
-
-def enqueue_nudges(nudge_ids: Iterable[int], *, queue_name: str = QUEUE_SEND, runtime: Runtime | None = None) -> int:
-    """Enqueue send jobs for nudges already committed as `queued`. Call only after the commit.
-
-    Returns the number of jobs. Each nudge remembers its job, so the scheduler can tell a nudge whose
-    job is still waiting in Redis from one whose job was lost.
-    """
-    ids = sorted(set(nudge_ids))
-    if not ids:
-        return 0
-    runtime = runtime or current_runtime()
-    size = max(1, runtime.settings.send_batch_size)
-    batches = [(f"send-{uuid.uuid4().hex}", ids[i:i + size]) for i in range(0, len(ids), size)]
-    queue(queue_name, runtime).enqueue_many([
-        Queue.prepare_data(
-            send_batch, args=(batch,), job_id=job_id, timeout=SEND_JOB_TIMEOUT, retry=SEND_JOB_RETRY,
-            result_ttl=600, failure_ttl=7 * 86400, description=f"send {len(batch)} nudges",
-        )
-        for job_id, batch in batches
-    ])
-    try:
-        with runtime.database.transaction() as session:
-            remember_jobs(session, [(nudge_id, job_id) for job_id, batch in batches for nudge_id in batch])
-    except (OperationalError, InterfaceError):
-        # The jobs are in Redis already; a nudge that forgot its job is only enqueued once more later.
-        log.warning("could not note the send jobs of enqueued nudges", extra={"nudges": len(ids)})
-    return len(batches)
 
 
 @dataclass

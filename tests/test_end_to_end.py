@@ -15,7 +15,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from twilio.request_validator import RequestValidator
 
-from jobs.runtime import QUEUE_NAMES
 from jobs.scheduler import run_pass
 from service.models import (
     Couple,
@@ -27,6 +26,7 @@ from service.models import (
     OutboxMessage,
     PartnerSchedule,
 )
+from service.queues import QUEUE_NAMES
 from service.runtime import Runtime
 
 ALEX_PHONE = "+14155550142"

@@ -17,7 +17,7 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from jobs.runtime import QUEUE_NAMES
+from service.queues import QUEUE_NAMES
 
 
 class UnknownJob(LookupError):

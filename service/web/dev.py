@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from service.domain.inbound import InboundSms, receive_sms
 from service.models import OutboxMessage
+from service.queues import commit_then_enqueue
 from service.runtime import current_runtime, db_session
 from service.web.phone import normalize_phone
 
@@ -44,9 +45,6 @@ def simulate_reply() -> ResponseReturnValue:
                    to_number=runtime.settings.twilio_from_number or "+15550000000", body=body),
         settings=runtime.settings, programs=runtime.programs, now=datetime.now(UTC),
     )
-    session.commit()
-    from jobs.send import enqueue_nudges
-
-    enqueue_nudges(result.nudge_ids)
+    commit_then_enqueue(session, runtime, result.nudge_ids)
     flash(f"Simulated reply handled as {result.kind}." + (f" Answer: {result.reply}" if result.reply else ""))
     return redirect(url_for("dev.outbox")), 303

@@ -47,6 +47,7 @@ from service.domain.operators import (
     set_sending_paused,
 )
 from service.domain.ops_status import HourlyActivity, StatusReport, status_report
+from service.queues import commit_then_enqueue
 from service.runtime import current_runtime, db_session, runtime_of
 from service.web.errors import error_response
 from service.web.limits import limiter
@@ -468,13 +469,9 @@ def resend_nudge(nudge_id: int) -> ResponseReturnValue:
         db.rollback()
         flash(f"Nudge {nudge_id} is not awaiting review (someone may have resolved it).", "error")
         return _back()
-    db.commit()
-    from jobs.send import enqueue_nudges
-
-    try:
-        enqueue_nudges([nudge_id])
+    if commit_then_enqueue(db, current_runtime(), [nudge_id]):
         flash(f"Nudge {nudge_id} is queued to be sent again.", "ok")
-    except redis_lib.RedisError:
+    else:
         flash(f"Nudge {nudge_id} is queued in the database; Redis is unavailable, so the scheduler will "
               "enqueue it once Redis is back.", "error")
     return _back()

@@ -21,14 +21,11 @@ from flask import Blueprint, Response, redirect, render_template, request, sessi
 from flask.typing import ResponseReturnValue
 from flask_limiter.util import get_remote_address
 from flask_wtf import FlaskForm
-from redis.exceptions import RedisError
 from werkzeug.exceptions import TooManyRequests
 from wtforms import BooleanField, EmailField, RadioField, SelectField, StringField, TelField
 from wtforms.validators import ValidationError
 from wtforms.widgets import TimeInput
 
-from jobs.runtime import QUEUE_HIGH
-from jobs.send import enqueue_nudges
 from service.domain.enrollment import confirm_channel
 from service.domain.signup import (
     MAX_NAME_CHARS,
@@ -42,6 +39,7 @@ from service.domain.signup import (
 from service.domain.tokens import CONFIRM_MAX_AGE, TokenError, read_token
 from service.models import Channel, ConsentState, EnrollmentStatus, Partner
 from service.programs import ProgramLibrary
+from service.queues import QUEUE_HIGH, commit_then_enqueue
 from service.runtime import current_runtime, db_session
 from service.web.limits import limiter
 from service.web.phone import textable_phone
@@ -319,12 +317,8 @@ def submit() -> ResponseReturnValue:
     except SignupBlocked as exc:
         db.rollback()
         return blocked(exc.reason)
-    db.commit()
-    try:
-        enqueue_nudges(result.nudge_ids, queue_name=QUEUE_HIGH)
-    except RedisError:
-        # Committed as queued: the scheduler re-enqueues stale ones, so the confirmations still go out.
-        log.warning("could not enqueue confirmations; the scheduler will pick them up")
+    # With Redis down the confirmations stay queued in SQL, and the scheduler enqueues them.
+    commit_then_enqueue(db, runtime, result.nudge_ids, queue_name=QUEUE_HIGH)
     session["signup_channels"] = sorted(result.channels)
     return redirect(url_for("signup.sent"), 303)
 

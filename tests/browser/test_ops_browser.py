@@ -14,10 +14,9 @@ from rq.registry import FailedJobRegistry
 from sqlalchemy import select
 from werkzeug.security import generate_password_hash
 
-from jobs.runtime import QUEUE_SEND
-from jobs.send import enqueue_nudges
 from service.domain.planner import SENDING_PAUSED_FLAG
 from service.models import ControlFlag, Couple, Nudge, NudgeKind, NudgeStatus, OperatorAction, OutboxMessage
+from service.queues import QUEUE_SEND, enqueue_nudges
 from service.runtime import Runtime
 from tests.browser.conftest import LiveServer
 from tests.factories import make_couple
@@ -144,7 +143,7 @@ def test_an_operator_watches_sends_pauses_and_retries(
     # A real send through the console provider moves the numbers.
     first = queued_prompt(live_server, couple.id, step_day=1)
     with live_server.lock:
-        enqueue_nudges([first])
+        enqueue_nudges(runtime, [first])
     run_worker(live_server, runtime)
     assert nudge_status(live_server, first) == NudgeStatus.SENT
     desk.reload()
@@ -163,7 +162,7 @@ def test_an_operator_watches_sends_pauses_and_retries(
         assert flag is not None and flag.value == "1"
     second = queued_prompt(live_server, couple.id, step_day=2)
     with live_server.lock:
-        enqueue_nudges([second])
+        enqueue_nudges(runtime, [second])
     run_worker(live_server, runtime)
     assert nudge_status(live_server, second) == NudgeStatus.QUEUED
     desk.reload()
@@ -183,7 +182,7 @@ def test_an_operator_watches_sends_pauses_and_retries(
     desk.get_by_role("button", name="Resume sending").click()
     expect(desk.locator("#sending-state")).to_have_text("Running")
     with live_server.lock:
-        enqueue_nudges([second])
+        enqueue_nudges(runtime, [second])
     run_worker(live_server, runtime)
     assert nudge_status(live_server, second) == NudgeStatus.SENT
     desk.reload()

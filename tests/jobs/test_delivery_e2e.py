@@ -14,11 +14,11 @@ from flask.cli import ScriptInfo
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from jobs.send import enqueue_nudges
 from service.cli import main as closer
 from service.domain.enrollment import confirm_channel
 from service.models import Channel, EnrollmentStatus, Nudge, NudgeStatus
 from service.providers import Providers
+from service.queues import enqueue_nudges
 from service.runtime import Runtime
 from tests.factories import make_couple
 from tests.support.fake_providers import FakeProviders
@@ -62,7 +62,7 @@ def test_after_both_confirm_each_partner_gets_their_prompt_by_sms_and_email_once
         # The same instant again, and RQ running the same jobs again (it is at-least-once): nothing more.
         assert tick(app, due[-1])["created"] == 0
         ids = list(db.scalars(select(Nudge.id).where(Nudge.enrollment_id == enrollment.id)))
-        enqueue_nudges(ids)
+        enqueue_nudges(runtime, ids)
         run_worker_burst(runtime.redis)
         records = relay.records()
 

@@ -20,12 +20,12 @@ from rq.job import Job
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from jobs.runtime import QUEUE_NAMES
 from jobs.scheduler import run_pass
 from jobs.send import send_batch
 from service.domain.outbound import MAX_ATTEMPTS
 from service.models import Channel, ConsentState, Nudge, NudgeStatus
 from service.providers import Providers
+from service.queues import QUEUE_NAMES
 from service.runtime import Runtime
 from tests.factories import make_couple
 from tests.support.fake_providers import FakeProviders

@@ -8,10 +8,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from jobs.scheduler import run_pass
+from service import spool
 from service.domain.inbound import InboundSms, receive_sms
 from service.models import ControlFlag, LogEntry, Nudge, NudgeKind
 from service.runtime import Runtime
-from service.web.webhooks import spool
 from tests.factories import make_couple, make_sent_prompt
 
 

@@ -8,9 +8,9 @@ from rq import Queue
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from jobs.runtime import QUEUE_SEND
 from jobs.scheduler import run_pass
 from service.models import Nudge
+from service.queues import QUEUE_SEND
 from service.runtime import Runtime
 from tests.factories import make_couple
 

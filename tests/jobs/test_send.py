@@ -10,12 +10,12 @@ from rq import Queue
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from jobs.runtime import QUEUE_SEND
 from jobs.scheduler import run_pass
-from jobs.send import enqueue_nudges, send_batch
+from jobs.send import send_batch
 from service.domain.planner import SENDING_PAUSED_FLAG
 from service.models import ControlFlag, Couple, Nudge, NudgeStatus
 from service.providers import Providers
+from service.queues import QUEUE_SEND, enqueue_nudges
 from service.runtime import Runtime
 from service.settings import Settings
 from tests.factories import make_couple
@@ -52,7 +52,7 @@ def test_a_batch_sends_each_nudge_once_even_when_rq_runs_it_again(
     run_worker_burst(runtime.redis)
     sent = nudges_of(db, couples)
     assert {n.status for n in sent} == {NudgeStatus.SENT}
-    enqueue_nudges([n.id for n in sent])  # RQ is at-least-once: the same work may come back
+    enqueue_nudges(runtime, [n.id for n in sent])  # RQ is at-least-once: the same work may come back
     send_batch([n.id for n in sent])
     run_worker_burst(runtime.redis)
     assert set(fake.sent_counts().values()) == {1} and len(fake.sent_counts()) == 8

@@ -23,11 +23,11 @@ import redis as redis_lib
 from flask import Flask
 from rq import Queue, SimpleWorker
 
-from jobs.runtime import QUEUE_NAMES
 from service.migrations import upgrade
 from service.providers import Providers
 from service.providers.sendgrid_email import SendGridEmail
 from service.providers.twilio_sms import TwilioSms
+from service.queues import QUEUE_NAMES
 from service.redis_runtime import die_with_parent
 from service.runtime import Runtime
 from service.settings import Settings

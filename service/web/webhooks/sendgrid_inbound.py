@@ -16,11 +16,11 @@ from flask import jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from jobs.send import enqueue_nudges
+from service import spool
 from service.domain.email_replies import InboundEmailError, parse_inbound, receive_email
+from service.queues import enqueue_committed
 from service.runtime import current_runtime, db_session
 from service.web.webhooks import bp
-from service.web.webhooks.spool import spool_inbound
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,12 @@ def sendgrid_inbound() -> ResponseReturnValue:
         session.rollback()
         log.warning("database unavailable: spooling inbound email")
         try:
-            spool_inbound(runtime.redis, "sendgrid_inbound", form)
+            spool.spool_inbound(runtime.redis, spool.SENDGRID_INBOUND, form)
         except Exception:  # any Redis failure means we cannot keep it: let SendGrid retry
             log.exception("inbound spool unavailable")
             return jsonify(error="unavailable", detail="Try again later."), 503
         return jsonify(status="spooled"), 200
     if outcome.reply is not None:
-        enqueue_nudges(outcome.reply.nudge_ids)
+        enqueue_committed(runtime, outcome.reply.nudge_ids)
     log.info("inbound email", extra={"outcome": outcome.status})
     return jsonify(status=outcome.status), 200

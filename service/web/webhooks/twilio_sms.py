@@ -14,27 +14,23 @@ import logging
 import re
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any
 
 import phonenumbers
 from flask import Response, abort, request
 from flask.typing import ResponseReturnValue
 from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import Session
 from twilio.request_validator import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER, RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 from werkzeug.datastructures import MultiDict
 
-from jobs.inbound import register_handler
-from jobs.runtime import QUEUE_HIGH
-from jobs.send import enqueue_nudges
-from service.domain.inbound import InboundSms, queue_late_answer, receive_sms
-from service.models import NudgeStatus, mask_phone
-from service.runtime import Runtime, current_runtime, db_session
+from service import spool
+from service.domain.inbound import InboundSms, receive_sms
+from service.models import mask_phone
+from service.queues import QUEUE_HIGH, enqueue_committed
+from service.runtime import current_runtime, db_session
 from service.settings import Settings
 from service.web.webhooks import bp
-from service.web.webhooks.spool import spool_inbound
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +38,6 @@ MAX_BODY_CHARS = 1600  # Twilio's own limit for one message
 MAX_MEDIA = 10  # Twilio delivers at most ten media items per MMS
 MESSAGE_SID = re.compile(r"[A-Za-z]{2}[0-9a-fA-F]{32}")
 MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]{1,63}/[A-Za-z0-9!#$&^_.+-]{1,63}", re.ASCII)
-SPOOL_KIND = "twilio_sms"
 
 
 def signed_url(settings: Settings) -> str:
@@ -151,7 +146,7 @@ def twilio_sms() -> ResponseReturnValue:
         # Twilio does not retry an inbound text on an error, so keep it in Redis until the database is back.
         log.warning("database unavailable: spooling inbound sms")
         try:
-            spool_inbound(runtime.redis, SPOOL_KIND, asdict(message))
+            spool.spool_inbound(runtime.redis, spool.TWILIO_SMS, asdict(message))
         except RedisError:
             log.exception("inbound spool unavailable")
             abort(503, "Try again later.")
@@ -160,28 +155,6 @@ def twilio_sms() -> ResponseReturnValue:
                                    "from": mask_phone(message.from_number)})
     if result.duplicate:
         return twiml(None)
-    _enqueue(result.nudge_ids)
+    enqueue_committed(runtime, result.nudge_ids, queue_name=QUEUE_HIGH)
     return twiml(result.reply)
 
-
-def _enqueue(nudge_ids: list[int]) -> None:
-    try:
-        enqueue_nudges(nudge_ids, queue_name=QUEUE_HIGH)
-    except RedisError:
-        # The nudges are committed as queued; the scheduler re-enqueues stale ones, so none is lost.
-        log.warning("could not enqueue after an inbound sms; the scheduler will pick them up")
-
-
-def _replay_spooled(session: Session, runtime: Runtime, payload: dict[str, Any]) -> list[int]:
-    payload = {**payload, "media_types": tuple(payload.get("media_types", ()))}
-    message = InboundSms(**payload)
-    now = datetime.now(UTC)
-    result = receive_sms(session, message, settings=runtime.settings, programs=runtime.programs, now=now)
-    if result.kind == "keyword" and result.reply and not result.duplicate:
-        answer = queue_late_answer(session, message, result.reply, now)
-        if answer is not None and answer.status == NudgeStatus.QUEUED:
-            return [*result.nudge_ids, answer.id]
-    return result.nudge_ids
-
-
-register_handler(SPOOL_KIND, _replay_spooled)

@@ -12,7 +12,6 @@ from rq import Queue
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from jobs.runtime import QUEUE_SEND
 from jobs.scheduler import run_pass
 from jobs.send import send_batch
 from service.domain.consent import DISCLOSURE_VERSION
@@ -42,6 +41,7 @@ from service.models import (
     Partner,
 )
 from service.programs import fits_one_segment, sms_name
+from service.queues import QUEUE_SEND
 from service.runtime import Runtime
 from tests.factories import make_couple, next_phone
 

@@ -19,11 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue
 from sqlalchemy.orm import Session
 
-from jobs.runtime import QUEUE_HIGH, QUEUE_SEND
 from service import telemetry
 from service.domain.planner import LAST_PASS_FLAG, SENDING_PAUSED_FLAG
 from service.migrations import upgrade
 from service.models import ControlFlag, LogEntry, Nudge, NudgeKind, NudgeStatus
+from service.queues import QUEUE_HIGH, QUEUE_SEND
 from service.runtime import Runtime
 from service.settings import PROJECT_ROOT, Settings
 from tests.factories import make_couple

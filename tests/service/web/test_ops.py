@@ -15,7 +15,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.security import generate_password_hash
 
-from jobs.runtime import QUEUE_SEND
 from service.domain.planner import SENDING_PAUSED_FLAG
 from service.models import (
     ConsentRecord,
@@ -26,6 +25,7 @@ from service.models import (
     NudgeStatus,
     OperatorAction,
 )
+from service.queues import QUEUE_SEND
 from service.runtime import Runtime
 from tests.factories import make_couple
 

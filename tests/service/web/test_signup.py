@@ -22,7 +22,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from twilio.request_validator import RequestValidator
 
-from jobs.runtime import QUEUE_HIGH
 from service.domain.tokens import CONFIRM_MAX_AGE, make_token
 from service.models import (
     Channel,
@@ -35,6 +34,7 @@ from service.models import (
     NudgeKind,
     Partner,
 )
+from service.queues import QUEUE_HIGH
 from service.runtime import Runtime
 from service.web.phone import textable_phone
 

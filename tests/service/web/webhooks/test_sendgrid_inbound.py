@@ -16,10 +16,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.inbound import drain_spool
+from service import spool
 from service.db import make_engine
 from service.models import LogEntry, Partner
 from service.runtime import Runtime, close_db_session, db_session
-from service.web.webhooks import spool
 from tests.factories import make_couple, make_sent_prompt
 
 URL = "/webhooks/sendgrid/inbound"

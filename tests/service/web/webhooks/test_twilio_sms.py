@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from twilio.request_validator import RequestValidator
 
 from jobs.inbound import drain_spool
-from jobs.runtime import QUEUE_SEND
+from service import spool
 from service.db import make_engine
 from service.domain.links import log_url
 from service.domain.signup import PartnerRequest, SignupRequest, sign_up
@@ -35,8 +35,8 @@ from service.models import (
     NudgeStatus,
     Partner,
 )
+from service.queues import QUEUE_SEND
 from service.runtime import Runtime, close_db_session, db_session
-from service.web.webhooks import spool
 from tests.factories import make_couple, next_phone
 
 PATH = "/webhooks/twilio/sms"

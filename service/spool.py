@@ -1,5 +1,6 @@
 """When the database is down, an authenticated inbound message waits in Redis (encrypted), so no
-accepted reply is lost; the scheduler replays the spool through the same domain code once it is back."""
+accepted reply is lost; the scheduler replays the spool through the same domain code once it is back.
+A record's kind names the webhook it came to; jobs.inbound maps each kind to its replay."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ import redis
 from service.crypto import active_cipher
 
 SPOOL_KEY = "closer:inbound-spool"
+
+# The kinds of record (jobs.inbound.HANDLERS has one replay for each).
+TWILIO_SMS = "twilio_sms"
+SENDGRID_INBOUND = "sendgrid_inbound"
 
 
 def spool_inbound(connection: redis.Redis, kind: str, payload: dict[str, Any]) -> None:
