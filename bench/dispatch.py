@@ -179,7 +179,7 @@ def wait_until_sent(database: Database, timeout: float) -> tuple[float, int]:
 def run_pass_in_process(settings: Settings, now: datetime) -> dict[str, int | str]:
     from jobs.scheduler import run_pass
     from service.app import create_app
-    from service.runtime import runtime_of
+    from service.web.context import runtime_of
 
     app = create_app(settings)
     runtime = runtime_of(app)

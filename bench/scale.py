@@ -53,8 +53,8 @@ from service.domain.scheduling import zone
 from service.migrations import upgrade
 from service.models import ConsentState, Nudge
 from service.redis_runtime import start_embedded_redis
-from service.runtime import runtime_of
 from service.settings import Settings
+from service.web.context import runtime_of
 
 PUBLIC_BASE_URL = "https://scale.closer.example"
 ACCOUNT_SID = "AC" + "fedcba9876543210" * 2

@@ -1,58 +1,67 @@
-"""The per-job runtime: every job runs inside an app context, with sessions from the app's database.
+"""The runtime of job code: one per process, with no Flask.
 
-A worker process builds the app once (preloaded), so a job costs its own work, not an app import.
+`closer worker` builds the runtime once (service.runtime.build_runtime) and hands it over with
+`run_worker`, before RQ forks any work horse, so a job costs its own work, not a start-up. Code that
+runs a job in its own process (tests, benchmarks) sets the runtime with `set_runtime` or `using_runtime`;
+the other `closer` commands use it too when one is set (a test's), and otherwise build their own.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
 
-from flask import Flask, current_app, has_app_context
-from redis import Redis
 from rq import Queue, SimpleWorker, Worker
 
 from service import telemetry
 from service.queues import QUEUE_NAMES
-from service.runtime import Runtime, current_runtime
+from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-_worker_app: Flask | None = None
+_runtime: Runtime | None = None
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _app() -> Flask:
-    global _worker_app
-    if has_app_context():
-        return current_app._get_current_object()  # type: ignore[attr-defined]
-    if _worker_app is None:
-        from service.app import create_app
-
-        _worker_app = create_app()
-    return _worker_app
+def set_runtime(runtime: Runtime | None) -> Runtime | None:
+    """Make `runtime` the one this process' jobs use; returns the one it replaces."""
+    global _runtime
+    previous, _runtime = _runtime, runtime
+    return previous
 
 
-def set_worker_app(app: Flask) -> None:
-    global _worker_app
-    _worker_app = app
+@contextmanager
+def using_runtime(runtime: Runtime) -> Iterator[Runtime]:
+    """Jobs run in this process use `runtime` until the block ends (then the one before, if any)."""
+    previous = set_runtime(runtime)
+    try:
+        yield runtime
+    finally:
+        set_runtime(previous)
+
+
+def has_runtime() -> bool:
+    return _runtime is not None
+
+
+def job_runtime() -> Runtime:
+    if _runtime is None:
+        raise RuntimeError("no runtime for jobs in this process: `closer worker` sets one, tests use using_runtime()")
+    return _runtime
 
 
 def job(fn: Callable[P, R]) -> Callable[P, R]:
-    """Run a job function inside the app context; exceptions propagate so RQ records the failure."""
+    """A job function: exceptions propagate so RQ records the failure; its counts go to Redis as it ends."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        app = _app()
         try:
-            if has_app_context():
-                return fn(*args, **kwargs)
-            with app.app_context():
-                return fn(*args, **kwargs)
+            return fn(*args, **kwargs)
         finally:
             # A forked work horse ends with os._exit, which skips atexit: its counts go now.
             telemetry.flush()
@@ -60,15 +69,9 @@ def job(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def _rq_connection(runtime: Runtime) -> Redis:
-    return runtime.redis
-
-
-def run_worker(*, burst: bool = False, fork: bool = False) -> None:
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    set_worker_app(app)
-    runtime = current_runtime()
-    connection = _rq_connection(runtime)
+def run_worker(runtime: Runtime, *, burst: bool = False, fork: bool = False) -> None:
+    set_runtime(runtime)
+    connection = runtime.redis
     queues = [Queue(name, connection=connection) for name in QUEUE_NAMES]
     worker_class = Worker if fork else SimpleWorker
     worker = worker_class(queues, connection=connection)

@@ -40,7 +40,7 @@ from service.domain.reveal import plan_reply_reminders
 from service.domain.signup import expire_unconfirmed_signups, plan_confirmation_reminders
 from service.models import NudgeStatus
 from service.queues import QUEUE_NAMES, QUEUE_SEND, enqueue_nudges
-from service.runtime import Runtime, current_runtime
+from service.runtime import Runtime
 from service.telemetry import count_nudge_outcomes
 
 log = logging.getLogger(__name__)
@@ -170,12 +170,7 @@ def _will_run(job: Job, waiting: set[str]) -> bool:
     return status in _LIVE_JOB_STATES
 
 
-def run_pass_now(now: datetime) -> dict[str, int | str]:
-    return run_pass(current_runtime(), now)
-
-
-def run_forever() -> None:
-    runtime = current_runtime()
+def run_forever(runtime: Runtime) -> None:
     stopping = False
 
     def stop(_signum: int, _frame: FrameType | None) -> None:

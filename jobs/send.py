@@ -32,7 +32,7 @@ from rq import Queue, get_current_job
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from jobs.runtime import job
+from jobs.runtime import job, job_runtime
 from jobs.throttle import admit, hold, throttle
 from service.db import Database
 from service.domain.outbound import (
@@ -55,7 +55,7 @@ from service.domain.outbound import (
 from service.domain.planner import sending_paused
 from service.providers import OutboundEmail, OutboundSms, ProviderError, SendResult
 from service.providers.transport import GateClosed, admission
-from service.runtime import Runtime, current_runtime
+from service.runtime import Runtime
 from service.telemetry import count_nudge_outcomes
 
 log = logging.getLogger(__name__)
@@ -447,7 +447,7 @@ def _more_jobs_waiting(runtime: Runtime) -> bool:
 
 @job
 def send_batch(nudge_ids: list[int]) -> dict[str, int]:
-    runtime = current_runtime()
+    runtime = job_runtime()
     with runtime.database.transaction() as session:
         if sending_paused(session):
             log.info("sending paused: batch left queued", extra={"nudges": len(nudge_ids)})

@@ -7,12 +7,10 @@ from pathlib import Path
 
 from flask import Flask, Response
 
-from service.crypto import install_cipher
-from service.db import Database
 from service.logging_setup import configure_logging
-from service.providers import build_providers
-from service.runtime import Runtime, close_db_session
-from service.settings import PROJECT_ROOT, Settings, SettingsError
+from service.runtime import build_runtime
+from service.settings import PROJECT_ROOT, Settings
+from service.web.context import close_db_session
 
 log = logging.getLogger(__name__)
 
@@ -49,29 +47,8 @@ def register_settings(app: Flask, settings: Settings) -> None:
 
 
 def register_runtime(app: Flask, settings: Settings, programs_dir: Path | None = None) -> None:
-    from service.programs import load_programs
-
-    # First, so an invalid program stops the start before anything (an embedded Redis) is running.
-    programs = load_programs(programs_dir)
-    install_cipher(settings.data_encryption_key)
-    database = Database(settings.database_url)
-    embedded = None
-    redis_url = settings.redis_url
-    if not redis_url:
-        if settings.is_production:
-            raise SettingsError("Set REDIS_URL: outside development Closer does not start its own Redis.")
-        from service.redis_runtime import start_embedded_redis
-
-        embedded = start_embedded_redis()
-        redis_url = embedded.url
-    app.extensions["closer"] = Runtime(
-        settings=settings,
-        database=database,
-        redis_url=redis_url,
-        providers=build_providers(settings, database),
-        programs=programs,
-        embedded_redis=embedded,
-    )
+    """The app only holds the runtime that web, worker, scheduler and CLI build alike."""
+    app.extensions["closer"] = build_runtime(settings, programs_dir=programs_dir)
     app.teardown_appcontext(close_db_session)
 
 

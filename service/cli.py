@@ -8,21 +8,47 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from flask import Flask
-from flask.cli import FlaskGroup, with_appcontext
+from flask.cli import FlaskGroup
 
 from service.redis_runtime import die_with_parent
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.runtime import Runtime
 
 
 def _create_app() -> Flask:
     from service.app import create_app
 
     return create_app()
+
+
+@contextmanager
+def _runtime() -> Iterator[Runtime]:
+    """What web, worker and scheduler share, without a Flask app: built from the environment
+    (service.runtime.build_runtime) and let go of when the command ends, unless this process has one
+    already (jobs.runtime; a test sets its own)."""
+    from jobs.runtime import has_runtime, job_runtime
+    from service.logging_setup import configure_logging
+    from service.runtime import build_runtime
+
+    if has_runtime():
+        yield job_runtime()
+        return
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    runtime = build_runtime(settings)
+    try:
+        yield runtime
+    finally:
+        runtime.close()
 
 
 @click.group(cls=FlaskGroup, create_app=_create_app, add_version_option=False, load_dotenv=False)
@@ -109,35 +135,36 @@ def dev_command(host: str, port: int) -> None:
         click.echo("closer dev: stopped")
 
 
-@main.command("worker")
+@main.command("worker", with_appcontext=False)
 @click.option("--burst", is_flag=True, help="Drain the queues, then exit.")
 @click.option("--fork", is_flag=True, help="Fork a work horse per job (slower; isolates crashes).")
-@with_appcontext
 def worker_command(burst: bool, fork: bool) -> None:
     """RQ workers for the send, reply and housekeeping queues."""
     from jobs.runtime import run_worker
 
-    run_worker(burst=burst, fork=fork)
+    with _runtime() as runtime:
+        run_worker(runtime, burst=burst, fork=fork)
 
 
-@main.command("scheduler")
-@with_appcontext
+@main.command("scheduler", with_appcontext=False)
 def scheduler_command() -> None:
     """The scheduler loop: one pass every few seconds, one active scheduler at a time."""
     from jobs.scheduler import run_forever
 
-    run_forever()
+    with _runtime() as runtime:
+        run_forever(runtime)
 
 
-@main.command("tick")
+@main.command("tick", with_appcontext=False)
 @click.option("--now", "now_text", default=None, help="ISO-8601 instant to run the pass as of.")
-@with_appcontext
 def tick_command(now_text: str | None) -> None:
     """One scheduler pass as of NOW."""
-    from jobs.scheduler import run_pass_now
+    from jobs.scheduler import run_pass
 
     now = _parse_instant(now_text) if now_text else datetime.now(UTC)
-    click.echo(json.dumps(run_pass_now(now), sort_keys=True))
+    with _runtime() as runtime:
+        report = run_pass(runtime, now)
+    click.echo(json.dumps(report, sort_keys=True))
 
 
 def _parse_instant(text: str) -> datetime:
@@ -274,17 +301,15 @@ def keys_rotate() -> None:
 # --- data rights ------------------------------------------------------------------------------
 
 
-@main.command("export")
+@main.command("export", with_appcontext=False)
 @click.argument("couple_id", type=int)
 @click.option("--csv", "as_csv", is_flag=True, help="Answers only, as CSV.")
-@with_appcontext
 def export_command(couple_id: int, as_csv: bool) -> None:
     """A couple's data out, as JSON (or its answers as CSV)."""
     from service.domain.data_rights import export_couple, export_csv
     from service.models import Couple
-    from service.runtime import current_runtime
 
-    with current_runtime().database.transaction() as session:
+    with _runtime() as runtime, runtime.database.transaction() as session:
         couple = session.get(Couple, couple_id)
         if couple is None:
             raise click.ClickException(f"no couple {couple_id}")
@@ -292,17 +317,15 @@ def export_command(couple_id: int, as_csv: bool) -> None:
     click.echo(export_csv(data) if as_csv else json.dumps(data, indent=2, ensure_ascii=False))
 
 
-@main.command("forget")
+@main.command("forget", with_appcontext=False)
 @click.argument("couple_id", type=int)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@with_appcontext
 def forget_command(couple_id: int, yes: bool) -> None:
     """Erase a couple: both partners, their consents, prompts and answers."""
     from service.domain.data_rights import forget_couple
     from service.models import Couple
-    from service.runtime import current_runtime
 
-    with current_runtime().database.transaction() as session:
+    with _runtime() as runtime, runtime.database.transaction() as session:
         couple = session.get(Couple, couple_id)
         if couple is None:
             raise click.ClickException(f"no couple {couple_id}")

@@ -18,13 +18,15 @@ from flask.testing import FlaskClient
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from jobs.runtime import using_runtime
 from service.app import create_app
 from service.db import make_engine
 from service.embedded_postgres import start_embedded_postgres
 from service.migrations import upgrade
 from service.redis_runtime import start_embedded_redis
-from service.runtime import Runtime, close_db_session, db_session, runtime_of
+from service.runtime import Runtime
 from service.settings import Settings
+from service.web.context import close_db_session, db_session, runtime_of
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -95,13 +97,14 @@ def session_app(migrated: Settings) -> Iterator[Flask]:
 
 @pytest.fixture()
 def app(session_app: Flask) -> Iterator[Flask]:
-    """The app with every session bound to one connection whose transaction is rolled back after."""
+    """The app with every session bound to one connection whose transaction is rolled back after; jobs
+    run in this process (send_batch, an in-process worker) use its runtime."""
     runtime = runtime_of(session_app)
     connection = runtime.database.engine.connect()
     transaction = connection.begin()
     runtime.database.bind_to(connection)
     runtime.redis.flushdb()
-    with session_app.app_context():
+    with session_app.app_context(), using_runtime(runtime):
         yield session_app
         close_db_session()
     runtime.database.unbind()

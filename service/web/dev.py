@@ -12,7 +12,7 @@ from sqlalchemy import select
 from service.domain.inbound import InboundSms, receive_sms
 from service.models import OutboxMessage
 from service.queues import commit_then_enqueue
-from service.runtime import current_runtime, db_session
+from service.web.context import current_runtime, db_session
 from service.web.phone import normalize_phone
 
 bp = Blueprint("dev", __name__, url_prefix="/dev")

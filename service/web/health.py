@@ -9,7 +9,7 @@ from flask.typing import ResponseReturnValue
 from rq import Worker
 from sqlalchemy import text
 
-from service.runtime import current_runtime, db_session
+from service.web.context import current_runtime, db_session
 
 bp = Blueprint("health", __name__)
 

@@ -12,7 +12,7 @@ from service.domain.data_rights import erase_own_words, export_couple, export_cs
 from service.domain.links import rotate_log_token
 from service.domain.shared_log import build_log, partner_by_log_token
 from service.models import Partner
-from service.runtime import current_runtime, db_session
+from service.web.context import current_runtime, db_session
 from service.web.limits import limiter
 
 bp = Blueprint("log", __name__, url_prefix="/log")

@@ -29,9 +29,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.models import Nudge
-from service.runtime import Runtime, current_runtime, db_session, runtime_of
+from service.runtime import Runtime
 from service.telemetry import EVENTS_KEY, install_reply_counter
 from service.telemetry import flush as flush_counts
+from service.web.context import current_runtime, db_session, runtime_of
 
 log = logging.getLogger(__name__)
 

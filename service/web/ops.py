@@ -48,7 +48,7 @@ from service.domain.operators import (
 )
 from service.domain.ops_status import HourlyActivity, StatusReport, status_report
 from service.queues import commit_then_enqueue
-from service.runtime import current_runtime, db_session, runtime_of
+from service.web.context import current_runtime, db_session, runtime_of
 from service.web.errors import error_response
 from service.web.limits import limiter
 

@@ -6,7 +6,7 @@ from flask import Blueprint, Flask, render_template
 from flask.typing import ResponseReturnValue
 
 from service.programs import THEMES, render_sms
-from service.runtime import current_runtime
+from service.web.context import current_runtime
 
 bp = Blueprint("pages", __name__)
 

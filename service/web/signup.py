@@ -40,7 +40,7 @@ from service.domain.tokens import CONFIRM_MAX_AGE, TokenError, read_token
 from service.models import Channel, ConsentState, EnrollmentStatus, Partner
 from service.programs import ProgramLibrary
 from service.queues import QUEUE_HIGH, commit_then_enqueue
-from service.runtime import current_runtime, db_session
+from service.web.context import current_runtime, db_session
 from service.web.limits import limiter
 from service.web.phone import textable_phone
 

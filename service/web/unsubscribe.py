@@ -17,7 +17,7 @@ from flask.typing import ResponseReturnValue
 from service.domain.delivery import unsubscribe_email
 from service.domain.tokens import TokenError, read_token
 from service.models import Channel, ConsentState, Partner
-from service.runtime import current_runtime, db_session
+from service.web.context import current_runtime, db_session
 
 bp = Blueprint("unsubscribe", __name__)
 

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from service.domain.signup import PartnerRequest, SignupRequest, sign_up
 from service.domain.tokens import make_token
 from service.models import Channel, ConsentState, Couple, Partner
-from service.runtime import runtime_of
+from service.web.context import runtime_of
 from tests.browser.conftest import PHONE_VIEWPORT, LiveServer
 
 pytestmark = pytest.mark.browser

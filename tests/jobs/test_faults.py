@@ -204,8 +204,7 @@ def test_the_same_batch_run_twice_at_once_sends_each_nudge_once(scratch: Scratch
         results: list[dict[str, int]] = []
 
         def run() -> None:
-            with scratch.app.app_context():
-                results.append(send_batch(ids))
+            results.append(send_batch(ids))
 
         threads = [threading.Thread(target=run) for _ in range(2)]
         for thread in threads:
@@ -228,8 +227,7 @@ def test_with_more_batches_waiting_a_job_hands_its_last_calls_to_the_sending_thr
         assert run_pass(scratch.runtime, start)["created"] == 8
         job_ids = {n.send_job_id for n in scratch_nudges(scratch)}
         assert len(job_ids) == 4
-        with scratch.app.app_context():
-            run_worker_burst(scratch.runtime.redis)
+        run_worker_burst(scratch.runtime.redis)
         assert wait_for(lambda: {n.status for n in scratch_nudges(scratch)} == {NudgeStatus.SENT}, timeout=10)
         results = [Job.fetch(job_id, connection=scratch.runtime.redis).return_value() or {}
                    for job_id in job_ids if job_id]
@@ -249,9 +247,8 @@ def test_a_forked_work_horse_waits_for_its_whole_batch(scratch: Scratch) -> None
         assert run_pass(scratch.runtime, start)["created"] == 8
         job_ids = {n.send_job_id for n in scratch_nudges(scratch)}
         scratch.runtime.database.engine.dispose()  # no pooled connection may be shared with the children
-        with scratch.app.app_context():
-            queues = [Queue(name, connection=scratch.runtime.redis) for name in QUEUE_NAMES]
-            Worker(queues, connection=scratch.runtime.redis).work(burst=True, logging_level="WARNING")
+        queues = [Queue(name, connection=scratch.runtime.redis) for name in QUEUE_NAMES]
+        Worker(queues, connection=scratch.runtime.redis).work(burst=True, logging_level="WARNING")
         nudges = scratch_nudges(scratch)
         assert {n.status for n in nudges} == {NudgeStatus.SENT}
         assert not [n for n in nudges if n.needs_review]

@@ -18,8 +18,9 @@ from twilio.request_validator import RequestValidator
 from service.app import create_app
 from service.crypto import install_cipher, token_digest
 from service.models import LogEntry
-from service.runtime import Runtime, runtime_of
+from service.runtime import Runtime
 from service.settings import Settings
+from service.web.context import runtime_of
 from tests.factories import make_couple, make_sent_prompt
 
 # POST routes that may be called without a CSRF token, and why.

@@ -26,8 +26,8 @@ from service.programs import (
     sms_name,
     sms_septets,
 )
-from service.runtime import runtime_of
 from service.settings import Settings
+from service.web.context import runtime_of
 
 HARD_NAMES = [
     "Zoë",

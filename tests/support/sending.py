@@ -23,6 +23,7 @@ import redis as redis_lib
 from flask import Flask
 from rq import Queue, SimpleWorker
 
+from jobs.runtime import using_runtime
 from service.migrations import upgrade
 from service.providers import Providers
 from service.providers.sendgrid_email import SendGridEmail
@@ -163,12 +164,13 @@ class Scratch:
 
 @pytest.fixture()
 def scratch(settings: Settings) -> Iterator[Scratch]:
-    """A committed database of its own, migrated, with an app on it; dropped afterwards.
+    """A committed database of its own, migrated, with an app on it; dropped afterwards. Jobs run in this
+    process (send_batch, an in-process worker) use the app's runtime.
 
     Tests that run real worker processes cannot see the rolled-back test transaction, so they use this.
     """
     from service.app import create_app
-    from service.runtime import runtime_of
+    from service.web.context import runtime_of
 
     with scratch_database(settings.database_url, "scratch") as url:
         scratch_settings = settings.with_overrides(database_url=url)
@@ -178,7 +180,8 @@ def scratch(settings: Settings) -> Iterator[Scratch]:
         runtime.redis.flushdb()
         scratch = Scratch(scratch_settings, app, runtime)
         try:
-            yield scratch
+            with using_runtime(runtime):
+                yield scratch
         finally:
             scratch.stop_workers()
             runtime.redis.flushdb()

@@ -20,8 +20,8 @@ from sendgrid.helpers.eventwebhook import EventWebhook
 from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
 
 from service.domain.delivery import apply_sendgrid_event
-from service.runtime import current_runtime, db_session
 from service.telemetry import count_callback_outcomes
+from service.web.context import current_runtime, db_session
 from service.web.webhooks import bp
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from service import spool
 from service.domain.email_replies import InboundEmailError, parse_inbound, receive_email
 from service.queues import enqueue_committed
-from service.runtime import current_runtime, db_session
+from service.web.context import current_runtime, db_session
 from service.web.webhooks import bp
 
 log = logging.getLogger(__name__)

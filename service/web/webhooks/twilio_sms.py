@@ -28,8 +28,8 @@ from service import spool
 from service.domain.inbound import InboundSms, receive_sms
 from service.models import mask_phone
 from service.queues import QUEUE_HIGH, enqueue_committed
-from service.runtime import current_runtime, db_session
 from service.settings import Settings
+from service.web.context import current_runtime, db_session
 from service.web.webhooks import bp
 
 log = logging.getLogger(__name__)

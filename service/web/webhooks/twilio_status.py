@@ -17,9 +17,9 @@ from flask.typing import ResponseReturnValue
 from twilio.request_validator import RequestValidator
 
 from service.domain.delivery import TWILIO_STATUSES, apply_twilio_status
-from service.runtime import current_runtime, db_session
 from service.settings import Settings
 from service.telemetry import count_callback_outcomes
+from service.web.context import current_runtime, db_session
 from service.web.webhooks import bp
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,8 @@ from service.domain.inbound import InboundSms, receive_sms
 from service.domain.reveal import next_allowed_instant, plan_reply_reminders
 from service.domain.shared_log import build_log
 from service.models import Couple, InboundMessage, Nudge, NudgeKind, NudgeStatus, Partner
-from service.runtime import Runtime, runtime_of
+from service.runtime import Runtime
+from service.web.context import runtime_of
 from tests.factories import make_couple, make_sent_prompt
 
 REVEAL_DAY = 5  # appreciation day 5 is a reveal step

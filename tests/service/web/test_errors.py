@@ -9,7 +9,8 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import sessionmaker
 
 from service.db import make_engine
-from service.runtime import Runtime, close_db_session
+from service.runtime import Runtime
+from service.web.context import close_db_session
 
 
 @pytest.mark.parametrize("accept", ["text/html", "application/json"])

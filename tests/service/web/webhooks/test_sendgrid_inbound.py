@@ -19,7 +19,8 @@ from jobs.inbound import drain_spool
 from service import spool
 from service.db import make_engine
 from service.models import LogEntry, Partner
-from service.runtime import Runtime, close_db_session, db_session
+from service.runtime import Runtime
+from service.web.context import close_db_session, db_session
 from tests.factories import make_couple, make_sent_prompt
 
 URL = "/webhooks/sendgrid/inbound"

@@ -36,7 +36,8 @@ from service.models import (
     Partner,
 )
 from service.queues import QUEUE_SEND
-from service.runtime import Runtime, close_db_session, db_session
+from service.runtime import Runtime
+from service.web.context import close_db_session, db_session
 from tests.factories import make_couple, next_phone
 
 PATH = "/webhooks/twilio/sms"
