@@ -7,8 +7,7 @@ A pass, as of `now`:
 3. recovers work Redis lost: RQ jobs abandoned by a dead worker are handed back to RQ (it retries
    them), and a `queued` nudge whose job is gone from Redis is enqueued again; a nudge stuck in
    `sending` goes to operator review, never back to the queue.
-On PostgreSQL a session-level advisory lock keeps a second scheduler's pass from running at the same
-time; on SQLite (development) there is only ever one.
+A session-level advisory lock keeps a second scheduler's pass from running at the same time.
 """
 
 from __future__ import annotations
@@ -52,21 +51,17 @@ _LIVE_JOB_STATES = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, Jo
 
 
 def run_pass(runtime: Runtime, now: datetime) -> dict[str, int | str]:
-    database = runtime.database
-    lock_conn = None
-    if database.dialect == "postgresql":
-        lock_conn = database.engine.connect()
-        if not lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}).scalar():
-            lock_conn.close()
-            return {"status": "another scheduler holds the lock"}
-        lock_conn.commit()
+    lock_conn = runtime.database.engine.connect()
+    if not lock_conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}).scalar():
+        lock_conn.close()
+        return {"status": "another scheduler holds the lock"}
+    lock_conn.commit()
     try:
         return _run_pass_locked(runtime, now)
     finally:
-        if lock_conn is not None:
-            lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
-            lock_conn.commit()
-            lock_conn.close()
+        lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
+        lock_conn.commit()
+        lock_conn.close()
 
 
 def _run_pass_locked(runtime: Runtime, now: datetime) -> dict[str, int | str]:

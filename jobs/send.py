@@ -142,7 +142,7 @@ class Ledger:
     thread, which writes whatever has piled up in one go and answers each thread.
 
     Each claim is still taken by the conditional UPDATE before that nudge's provider call, but a round
-    of them costs one statement instead of one transaction each. On PostgreSQL the ledger keeps its own
+    of them costs one statement instead of one transaction each. The ledger keeps its own
     autocommit connection (each statement is atomic by itself), and a round's claims and records go in
     one statement. A round that fails on a dropped connection is tried again on a new one; a claim whose
     commit was lost that way only ever fails safe (the nudge stays `sending` and goes to review).
@@ -160,8 +160,7 @@ class Ledger:
 
     def claim(self, nudge_id: int, store: dict[str, str | None]) -> bool:
         # Encrypted here, on the sending thread: the ledger's one thread is what every claim waits for.
-        sealed = seal(store) if self._database.dialect == "postgresql" else None
-        entry = _Entry(nudge_id, store=store, sealed=sealed)
+        entry = _Entry(nudge_id, store=store, sealed=seal(store))
         self._queue.put(entry)
         return entry.wait()
 
@@ -183,11 +182,6 @@ class Ledger:
 
     def _apply(self, claims: list[Claim], sent: list[tuple[int, str]]) -> set[int]:
         now = datetime.now(UTC)
-        if self._database.dialect != "postgresql":
-            with self._database.transaction() as session:
-                won = claim_many(session, claims, now)
-                record_sent_many(session, sent, now)
-            return won
         if self._connection is None:
             self._connection = self._database.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         return claim_and_record_rows(self._connection, claims, sent, now)

@@ -86,10 +86,6 @@ class Database:
         self.engine = make_engine(url)
         self.session_factory = sessionmaker(bind=self.engine, expire_on_commit=False)
 
-    @property
-    def dialect(self) -> str:
-        return self.engine.dialect.name
-
     def bind_to(self, connection: Connection) -> None:
         """Route every session through one connection whose outer transaction the caller rolls back."""
         self.session_factory = sessionmaker(

@@ -19,7 +19,8 @@ def health_report() -> tuple[bool, dict[str, Any]]:
     report: dict[str, Any] = {}
     try:
         db_session().execute(text("SELECT 1"))
-        report["database"] = {"ok": True, "dialect": runtime.database.dialect}
+        version = runtime.database.engine.dialect.server_version_info or ()
+        report["database"] = {"ok": True, "server": "PostgreSQL " + ".".join(str(part) for part in version)}
     except Exception as exc:
         report["database"] = {"ok": False, "error": type(exc).__name__}
     try:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 from flask.testing import FlaskClient
 
 from service.runtime import Runtime
@@ -11,6 +13,7 @@ def test_healthz_reports_database_and_redis(client: FlaskClient) -> None:
     body = response.get_json()
     assert body["status"] == "ok"
     assert body["database"]["ok"] and body["redis"]["ok"]
+    assert re.fullmatch(r"PostgreSQL \d+(\.\d+)+", body["database"]["server"])
     assert isinstance(body["workers"]["count"], int)
 
 
