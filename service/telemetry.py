@@ -120,8 +120,8 @@ def count_nudge_outcomes(runtime: Runtime, counts: Mapping[tuple[str, str, str],
 
 
 def _note_replies(session: Session, _flush: UOWTransaction) -> None:
-    """Replies are log entries: note those the ORM inserts, to count if the commit happens (the SMS fast
-    path notes its own through `replies.note_stored_replies`)."""
+    """Replies are log entries: note those the ORM inserts, to count if the commit happens (the reply
+    paths insert theirs in SQL and note them through `replies.note_stored_replies`)."""
     new = [obj.channel for obj in session.new if isinstance(obj, LogEntry)]
     if new:
         pending: Tally[str] = session.info.setdefault(PENDING_REPLIES_KEY, Tally())

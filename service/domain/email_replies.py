@@ -149,4 +149,4 @@ def receive_email(
         session, partner, channel=Channel.EMAIL, provider_message_id=email.message_id, body=body,
         media_count=email.attachment_count, programs=programs, settings=settings, now=now,
     )
-    return EmailOutcome(status="duplicate" if outcome.duplicate else "stored", reply=outcome)
+    return EmailOutcome(status="stored", reply=outcome)

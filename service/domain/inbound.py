@@ -71,54 +71,37 @@ def record_inbound(
 def receive_sms(
     session: Session, message: InboundSms, *, settings: Settings, programs: ProgramLibrary, now: datetime
 ) -> InboundResult:
+    """One statement claims the MessageSid, finds the partner the text is from and, for a reply, stores it
+    (`replies.claim_sms`): replies are most of the inbound traffic, so they take one round trip rather than
+    five or more. A keyword then acts on consent and schedules through the ORM."""
     command = classify(message.body) if message.num_media == 0 or message.body.strip() else None
-    if command is None and session.get_bind().dialect.name == "postgresql":
-        return _receive_text(session, message, settings=settings, programs=programs, now=now)
-    return _receive_with_orm(session, message, command, settings=settings, programs=programs, now=now)
+    claimed = replies.claim_sms(
+        session, message_id=message.message_sid, phone=message.from_number,
+        keyword=command.keyword if command else None, body=message.body, media_count=message.num_media,
+        media_types=message.media_types, programs=programs, now=now,
+    )
+    if command is not None:
+        return _receive_keyword(session, message, command, claimed, settings=settings, programs=programs, now=now)
+    return _receive_reply(session, claimed, settings=settings, programs=programs, now=now)
 
 
-def _receive_with_orm(
-    session: Session, message: InboundSms, command: Command | None, *, settings: Settings,
+def _receive_keyword(
+    session: Session, message: InboundSms, command: Command, claimed: replies.ClaimedSms, *, settings: Settings,
     programs: ProgramLibrary, now: datetime,
 ) -> InboundResult:
-    """Keywords on any database, and everything on SQLite (development)."""
+    if not claimed.claimed:
+        return InboundResult(duplicate=True, kind="keyword")
+    if claimed.partner_id is None:
+        return InboundResult(reply=_unknown_sender_text(settings), kind="keyword")
     partners = partners_by_phone(session, message.from_number)
-    kind = "keyword" if command else ("reply" if partners else "unknown_sender")
-    partner = _addressed_partner(partners)
-    if not record_inbound(
-        session, provider="twilio", message_id=message.message_sid, channel=Channel.SMS,
-        partner_id=partner.id if partner else None, kind=kind,
-        keyword=command.keyword if command else None, now=now,
-    ):
-        return InboundResult(duplicate=True, kind=kind)
-    if not partners:
-        return InboundResult(reply=_unknown_sender_text(settings), kind=kind)
-    if command is not None:
-        return InboundResult(reply=_run_command(session, command, partners, message, settings, programs, now),
-                             kind=kind)
-    assert partner is not None
-    if partner.consent(Channel.SMS) is ConsentState.PENDING:
-        return InboundResult(reply=UNCONFIRMED_TEXT, kind="unconfirmed")
-    if partner.consent(Channel.SMS) is not ConsentState.CONFIRMED:
-        return InboundResult(kind="ignored")
-    outcome = replies.store_reply(
-        session, partner, channel=Channel.SMS, provider_message_id=message.message_sid, body=message.body,
-        media_count=message.num_media, media_types=message.media_types, programs=programs, settings=settings,
-        now=now,
-    )
-    return InboundResult(reply=None, nudge_ids=outcome.nudge_ids, kind=kind)
+    partner = next(p for p in partners if p.id == claimed.partner_id)
+    return InboundResult(reply=_run_command(session, command, partners, partner, message, settings, programs, now),
+                         kind="keyword")
 
 
-def _receive_text(
-    session: Session, message: InboundSms, *, settings: Settings, programs: ProgramLibrary, now: datetime
+def _receive_reply(
+    session: Session, claimed: replies.ClaimedSms, *, settings: Settings, programs: ProgramLibrary, now: datetime
 ) -> InboundResult:
-    """Everything that is not a keyword, on PostgreSQL: the same outcomes as `_receive_with_orm`, with the
-    dedupe claim, the partner lookup and the stored reply in one statement (`claim_sms_text`). Replies
-    are most of the inbound traffic, so they take one round trip rather than five or more."""
-    claimed = replies.claim_sms_text(
-        session, message_id=message.message_sid, phone=message.from_number, body=message.body,
-        media_count=message.num_media, media_types=message.media_types, programs=programs, now=now,
-    )
     if claimed.partner_id is None:
         return InboundResult(duplicate=not claimed.claimed, kind="unknown_sender",
                              reply=_unknown_sender_text(settings) if claimed.claimed else None)
@@ -128,7 +111,10 @@ def _receive_text(
         return InboundResult(reply=UNCONFIRMED_TEXT, kind="unconfirmed")
     if claimed.consent is not ConsentState.CONFIRMED:
         return InboundResult(kind="ignored")
-    nudge_ids = replies.reveal_after_reply(session, claimed, settings=settings, programs=programs, now=now)
+    nudge_ids = replies.reveal_after_reply(
+        session, entry_id=claimed.entry_id, partner_id=claimed.partner_id, couple_id=claimed.couple_id,
+        prompt=claimed.prompt, settings=settings, programs=programs, now=now,
+    )
     return InboundResult(reply=None, nudge_ids=nudge_ids, kind="reply")
 
 
@@ -140,7 +126,8 @@ def queue_late_answer(session: Session, message: InboundSms, answer: str, now: d
     nothing; Twilio answers STOP itself), outside quiet hours, once per inbound text (the unique
     nudge key carries the inbound message's id, and a replay of the same text is a duplicate anyway).
     """
-    partner = _addressed_partner(partners_by_phone(session, message.from_number))
+    partner_id = replies.addressed_partner_id(session, message.from_number)
+    partner = session.get(Partner, partner_id) if partner_id is not None else None
     if partner is None or partner.consent(Channel.SMS) is not ConsentState.CONFIRMED:
         return None
     enrollment = _active_enrollment(partner) or (partner.couple.enrollments[-1] if partner.couple.enrollments
@@ -158,14 +145,6 @@ def queue_late_answer(session: Session, message: InboundSms, answer: str, now: d
     session.add(nudge)
     session.flush()
     return nudge
-
-
-def _addressed_partner(partners: list[Partner]) -> Partner | None:
-    """The partner a text most likely answers for: a confirmed one in an active couple, newest first."""
-    for partner in partners:
-        if partner.consent(Channel.SMS) is ConsentState.CONFIRMED and _active_enrollment(partner):
-            return partner
-    return partners[0] if partners else None
 
 
 def _active_enrollment(partner: Partner) -> Enrollment | None:
@@ -194,11 +173,10 @@ def help_text(settings: Settings, program_title: str, per_week: int) -> str:
 
 
 def _run_command(
-    session: Session, command: Command, partners: list[Partner], message: InboundSms,
+    session: Session, command: Command, partners: list[Partner], partner: Partner, message: InboundSms,
     settings: Settings, programs: ProgramLibrary, now: datetime,
 ) -> str | None:
-    partner = _addressed_partner(partners)
-    assert partner is not None
+    """Act on a keyword from `partner`, the one of `partners` (everyone with that number) it is from."""
     name = settings.sender_name
     if command.keyword == "YES":
         open_signups = [p for p in partners if _active_enrollment(p) is not None]
