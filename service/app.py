@@ -19,8 +19,8 @@ def create_app(settings: Settings | None = None, *, programs_dir: Path | None = 
     """`programs_dir` replaces message_templates/programs/ (tests, content drafts)."""
     settings = settings or Settings.from_env()
     app = Flask(__name__, instance_path=str(PROJECT_ROOT / "instance"))
+    settings = register_runtime(app, settings, programs_dir)
     register_settings(app, settings)
-    register_runtime(app, settings, programs_dir)
     register_security(app, settings)
     register_blueprints(app, settings)
     register_metrics(app, settings)
@@ -46,10 +46,13 @@ def register_settings(app: Flask, settings: Settings) -> None:
     )
 
 
-def register_runtime(app: Flask, settings: Settings, programs_dir: Path | None = None) -> None:
-    """The app only holds the runtime that web, worker, scheduler and CLI build alike."""
-    app.extensions["closer"] = build_runtime(settings, programs_dir=programs_dir)
+def register_runtime(app: Flask, settings: Settings, programs_dir: Path | None = None) -> Settings:
+    """The app only holds the runtime that web, worker, scheduler and CLI build alike; its settings (with
+    the database URL it resolved) are the ones the rest of the app is set up with."""
+    runtime = build_runtime(settings, programs_dir=programs_dir)
+    app.extensions["closer"] = runtime
     app.teardown_appcontext(close_db_session)
+    return runtime.settings
 
 
 def register_security(app: Flask, settings: Settings) -> None:

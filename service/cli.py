@@ -286,8 +286,9 @@ def keys_rotate() -> None:
     from service.crypto import install_cipher
     from service.db import Database
     from service.domain.keys import rotate_all
+    from service.embedded_postgres import with_database
 
-    settings = Settings.from_env()
+    settings = with_database(Settings.from_env())
     cipher = install_cipher(settings.data_encryption_key)
     database = Database(settings.database_url)
     try:

@@ -10,6 +10,7 @@ import redis
 
 from service.crypto import install_cipher
 from service.db import Database
+from service.embedded_postgres import with_database
 from service.programs import ProgramLibrary, load_programs
 from service.providers import Providers, build_providers
 from service.redis_runtime import EmbeddedRedis, start_embedded_redis
@@ -45,7 +46,8 @@ def build_runtime(settings: Settings, *, programs_dir: Path | None = None) -> Ru
     # First, so an invalid program stops the start before anything (an embedded Redis) is running.
     programs = load_programs(programs_dir)
     install_cipher(settings.data_encryption_key)
-    # The servers: each from its URL setting, else, outside production, one this process starts.
+    # The servers: each from its URL setting, else, in development, one this process starts or finds.
+    settings = with_database(settings)
     database = Database(settings.database_url)
     redis_url, embedded_redis = _redis_url(settings)
     return Runtime(

@@ -18,7 +18,8 @@ def test_production_with_secrets_reads_every_setting() -> None:
     old = Fernet.generate_key().decode()
     settings = Settings.from_env({
         "CLOSER_ENV": "production", "SECRET_KEY": "s" * 40, "DATA_ENCRYPTION_KEY": f"{key}, {old}",
-        "REDIS_URL": "redis://example:6379/0", "ALLOWED_COUNTRIES": "US,CA,GB", "SMS_RATE_PER_SECOND": "2.5",
+        "REDIS_URL": "redis://example:6379/0", "DATABASE_URL": "postgresql://db.example/closer",
+        "ALLOWED_COUNTRIES": "US,CA,GB", "SMS_RATE_PER_SECOND": "2.5",
     })
     assert settings.data_encryption_key == (key, old)
     assert settings.allowed_countries == ("US", "CA", "GB")
@@ -52,7 +53,14 @@ def test_twilio_credentials_select_twilio() -> None:
 
 def test_production_email_needs_a_postal_address() -> None:
     base = {"CLOSER_ENV": "production", "SECRET_KEY": "s" * 40, "DATA_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-            "SENDGRID_API_KEY": "SG.x", "SENDGRID_FROM_EMAIL": "hi@example.com", "INBOUND_PARSE_SECRET": "p"}
+            "SENDGRID_API_KEY": "SG.x", "SENDGRID_FROM_EMAIL": "hi@example.com", "INBOUND_PARSE_SECRET": "p",
+            "DATABASE_URL": "postgresql://db.example/closer"}
     with pytest.raises(SettingsError, match="SENDER_POSTAL_ADDRESS"):
         Settings.from_env(base)
     assert Settings.from_env({**base, "SENDER_POSTAL_ADDRESS": "1 Main St"}).effective_email_provider == "sendgrid"
+
+
+def test_production_needs_a_database_url() -> None:
+    with pytest.raises(SettingsError, match="DATABASE_URL"):
+        Settings.from_env({"CLOSER_ENV": "production", "SECRET_KEY": "s" * 40,
+                           "DATA_ENCRYPTION_KEY": Fernet.generate_key().decode()})
