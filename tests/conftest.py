@@ -7,6 +7,7 @@ embedded PostgreSQL (service/embedded_postgres.py) in a temporary folder and an 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,9 +46,11 @@ def database_url() -> Iterator[str]:
     if url:
         yield url
         return
-    server = start_embedded_postgres(Path(tempfile.mkdtemp(prefix="closer-test-pg-")) / "data", durable=False)
+    folder = Path(tempfile.mkdtemp(prefix="closer-test-pg-"))
+    server = start_embedded_postgres(folder / "data", durable=False)
     yield server.create_database("closer_test")
     server.remove()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
