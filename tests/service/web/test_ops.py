@@ -492,7 +492,7 @@ def test_resolving_a_nudge_not_under_review_changes_nothing(operator_client: Fla
 
 def test_activity_chart_geometry() -> None:
     from service.domain.ops_status import HourlyActivity
-    from service.web.ops import activity_chart
+    from service.web.ops.charts import activity_chart
 
     hours = [datetime(2026, 3, 9, 0, tzinfo=UTC) + timedelta(hours=i) for i in range(24)]
     sends = [0] * 24
