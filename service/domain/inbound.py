@@ -17,7 +17,7 @@ from service.domain import links, replies
 from service.domain.consent import partners_by_phone, set_consent
 from service.domain.enrollment import confirm_channel
 from service.domain.keywords import Command, classify
-from service.domain.reveal import next_allowed_instant
+from service.domain.scheduling import next_allowed_for as next_allowed_instant
 from service.models import (
     Channel,
     ConsentState,

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import html
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from service.domain.links import log_url
 from service.domain.outbound import other_partner, unsubscribe_url
-from service.domain.scheduling import in_quiet_hours, resolve_local
+from service.domain.scheduling import next_allowed_for
 from service.models import (
     Channel,
     ConsentState,
@@ -59,16 +58,6 @@ def lock_reveals(session: Session, enrollment_id: int) -> None:
     session.execute(text("SELECT pg_advisory_xact_lock(:c, :k)"), {"c": _LOCK_CLASS, "k": enrollment_id})
 
 
-def next_allowed_instant(partner: Partner, now: datetime) -> datetime:
-    """Now, or the end of the partner's quiet hours when now falls inside them."""
-    zone = ZoneInfo(partner.timezone)
-    local = now.astimezone(zone)
-    if not in_quiet_hours(local.time(), partner.quiet_start, partner.quiet_end):
-        return now
-    day = local.date() if local.time() < partner.quiet_end else local.date() + timedelta(days=1)
-    return resolve_local(day, partner.quiet_end, zone)
-
-
 def preferred_channel(partner: Partner) -> Channel | None:
     for channel in (Channel.SMS, Channel.EMAIL):
         if partner.consent(channel) is ConsentState.CONFIRMED:
@@ -89,7 +78,7 @@ def _queue_message(
     ))
     if exists:
         return None
-    when = next_allowed_instant(partner, now)
+    when = next_allowed_for(partner, now)
     nudge = Nudge(
         enrollment_id=template_nudge.enrollment_id, partner=partner, kind=kind, step_day=template_nudge.step_day,
         channel=channel, scheduled_for=when,
@@ -171,7 +160,7 @@ def plan_reply_reminders(
             continue
         window = timedelta(hours=programs.get(prompt.enrollment.program_key).reply_window_hours)
         elapsed = now - their_prompt.sent_at
-        if not window / 2 <= elapsed < window or next_allowed_instant(other, now) > now:
+        if not window / 2 <= elapsed < window or next_allowed_for(other, now) > now:
             continue
         name = entry.partner.first_name
         nudge = _queue_message(

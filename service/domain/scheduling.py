@@ -89,13 +89,23 @@ def is_quiet_now(timezone: str, quiet_start: time, quiet_end: time, now: datetim
 
 
 def next_allowed_instant(timezone: str, quiet_start: time, quiet_end: time, now: datetime) -> datetime:
-    """`now` if it is outside quiet hours, else the end of the quiet hours it is in."""
+    """`now` if it is outside quiet hours, else the end of the quiet hours it is in (always after `now`)."""
     if not is_quiet_now(timezone, quiet_start, quiet_end, now):
         return now
     tz = zone(timezone)
     local = now.astimezone(tz)
-    end_day = local.date() if local.time().replace(tzinfo=None) < quiet_end else local.date() + timedelta(days=1)
-    return resolve_local(end_day, quiet_end, tz)
+    end_day = local.date() if local.time() < quiet_end else local.date() + timedelta(days=1)
+    end = resolve_local(end_day, quiet_end, tz)
+    if end <= now:
+        # A quiet end inside a fall-back night's repeated hour, met on the second pass through it: the
+        # first occurrence is behind us, so the quiet hours end at the second.
+        end = datetime.combine(end_day, quiet_end).replace(tzinfo=tz, fold=1).astimezone(UTC)
+    return end
+
+
+def next_allowed_for(partner: LocalClock, now: datetime) -> datetime:
+    """`now`, or the end of the partner's quiet hours when `now` falls inside them."""
+    return next_allowed_instant(partner.timezone, partner.quiet_start, partner.quiet_end, now)
 
 
 def first_program_date(partner: LocalClock, started_at: datetime) -> date:

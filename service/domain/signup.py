@@ -24,7 +24,7 @@ from service.domain import links
 from service.domain.consent import DISCLOSURE_VERSION, set_consent
 from service.domain.enrollment import pending_enrollment
 from service.domain.outbound import unsubscribe_url
-from service.domain.scheduling import in_quiet_hours, resolve_local
+from service.domain.scheduling import next_allowed_for
 from service.domain.tokens import CONFIRM_MAX_AGE, make_token
 from service.models import (
     Channel,
@@ -347,9 +347,9 @@ def plan_confirmation_reminders(
             partner.confirm_reminder_due_at = None
             report.finished += 1
             continue
-        local_now = now.astimezone(ZoneInfo(partner.timezone))
-        if in_quiet_hours(local_now.time(), partner.quiet_start, partner.quiet_end):
-            partner.confirm_reminder_due_at = _end_of_quiet_hours(partner, local_now.replace(tzinfo=None), now)
+        allowed = next_allowed_for(partner, now)
+        if allowed > now:
+            partner.confirm_reminder_due_at = allowed
             report.deferred += 1
             continue
         reachable = [a for a in (partner.phone_e164, partner.email) if a]
@@ -410,9 +410,3 @@ def _reminders_sent(session: Session, partner: Partner, enrollment: Enrollment) 
             Nudge.kind == NudgeKind.CONFIRMATION_REMINDER,
         )
     ) or 0)
-
-
-def _end_of_quiet_hours(partner: Partner, local_now: datetime, now: datetime) -> datetime:
-    day = local_now.date() if local_now.time() < partner.quiet_end else local_now.date() + timedelta(days=1)
-    instant = resolve_local(day, partner.quiet_end, ZoneInfo(partner.timezone))
-    return instant if instant > now else now + timedelta(minutes=5)

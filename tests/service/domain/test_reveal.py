@@ -10,7 +10,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from service.domain.inbound import InboundSms, receive_sms
-from service.domain.reveal import next_allowed_instant, plan_reply_reminders
+from service.domain.reveal import plan_reply_reminders
+from service.domain.scheduling import next_allowed_for
 from service.domain.shared_log import build_log
 from service.models import Couple, InboundMessage, Nudge, NudgeKind, NudgeStatus, Partner
 from service.runtime import Runtime
@@ -81,7 +82,7 @@ def test_reveal_waits_for_the_end_of_quiet_hours(db: Session, runtime: Runtime) 
     reveals = db.scalars(select(Nudge).where(Nudge.kind == NudgeKind.REVEAL)).all()
     assert len(reveals) == 2 and all(n.status == NudgeStatus.SCHEDULED for n in reveals)
     assert all(n.scheduled_for == datetime(2026, 11, 26, 13, 0, tzinfo=UTC) for n in reveals)  # 08:00 local
-    assert next_allowed_instant(alex, late) == datetime(2026, 11, 26, 13, 0, tzinfo=UTC)
+    assert next_allowed_for(alex, late) == datetime(2026, 11, 26, 13, 0, tzinfo=UTC)
 
 
 def test_non_reveal_steps_send_no_reveal(db: Session, runtime: Runtime) -> None:

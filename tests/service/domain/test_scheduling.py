@@ -104,6 +104,14 @@ def test_quiet_now_and_the_next_allowed_instant(zone_name: str, now: datetime, q
     assert next_allowed_instant(zone_name, *QUIET, now) == allowed
 
 
+def test_quiet_hours_ending_in_a_repeated_hour_end_at_the_hour_being_lived() -> None:
+    # 25 October in London: 01:00-02:00 happens twice (BST, then GMT). Quiet hours until 01:30 end at
+    # the first 01:30 during the first pass, and at the second during the second, never in the past.
+    quiet = (time(21, 30), time(1, 30))
+    assert next_allowed_instant("Europe/London", *quiet, utc(2026, 10, 25, 0, 15)) == utc(2026, 10, 25, 0, 30)
+    assert next_allowed_instant("Europe/London", *quiet, utc(2026, 10, 25, 1, 15)) == utc(2026, 10, 25, 1, 30)
+
+
 def test_quiet_hours_are_half_open_and_may_wrap_midnight() -> None:
     assert in_quiet_hours(time(21, 30), *QUIET) and in_quiet_hours(time(7, 59), *QUIET)
     assert not in_quiet_hours(time(8, 0), *QUIET) and not in_quiet_hours(time(21, 29), *QUIET)
