@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from service.domain.consent import set_consent
@@ -21,6 +21,21 @@ from service.models import (
     Partner,
     PartnerSchedule,
 )
+
+# An enrollment still under way: waiting for both partners to confirm, or running.
+OPEN_STATUSES = (EnrollmentStatus.PENDING, EnrollmentStatus.ACTIVE)
+
+
+def open_enrollments(couple_id: int) -> Select[Enrollment]:
+    """A couple's open (pending or active) enrollments, newest first: a select to run or compose."""
+    return (select(Enrollment)
+            .where(Enrollment.couple_id == couple_id, Enrollment.status.in_(OPEN_STATUSES))
+            .order_by(Enrollment.id.desc()))
+
+
+def open_enrollment(session: Session, couple_id: int) -> Enrollment | None:
+    """A couple's newest open (pending or active) enrollment, if any."""
+    return session.scalars(open_enrollments(couple_id).limit(1)).first()
 
 
 def pending_enrollment(session: Session, couple_id: int) -> Enrollment | None:

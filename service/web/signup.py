@@ -26,7 +26,7 @@ from wtforms import BooleanField, EmailField, RadioField, SelectField, StringFie
 from wtforms.validators import ValidationError
 from wtforms.widgets import TimeInput
 
-from service.domain.enrollment import confirm_channel
+from service.domain.enrollment import confirm_channel, open_enrollment
 from service.domain.signup import (
     MAX_NAME_CHARS,
     QUIET_END,
@@ -349,8 +349,7 @@ def confirm(token: str) -> ResponseReturnValue:
         return _page("signup/link_invalid.html", 410, expired=True)
     form = ConfirmForm()
     # Pending, or already running when this partner said yes by text first and now adds email.
-    enrollment = next((e for e in reversed(partner.couple.enrollments)
-                       if e.status in (EnrollmentStatus.PENDING, EnrollmentStatus.ACTIVE)), None)
+    enrollment = open_enrollment(db, partner.couple_id)
     program = runtime.programs.get(enrollment.program_key) if (
         enrollment and enrollment.program_key in runtime.programs) else None
     if request.method == "GET" or not form.validate_on_submit():
