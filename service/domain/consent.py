@@ -17,6 +17,7 @@ from service.models import (
     NudgeStatus,
     Partner,
 )
+from service.providers import SendFailure
 
 # Bump when the consent disclosure shown at signup changes; each record keeps the version agreed to.
 DISCLOSURE_VERSION = "2026-11-25"
@@ -46,6 +47,28 @@ def set_consent(
     )
     if state in (ConsentState.OPTED_OUT, ConsentState.BOUNCED):
         cancel_pending(session, partner.id, channel, reason=f"{channel} {state}")
+
+
+# What a provider's word about an address does to consent on that channel.
+PROVIDER_STOPS: dict[SendFailure, tuple[ConsentState, str]] = {
+    SendFailure.OPTED_OUT: (ConsentState.OPTED_OUT, "withdrawn"),
+    SendFailure.BOUNCED: (ConsentState.BOUNCED, "bounced"),
+}
+
+
+def provider_stop(
+    session: Session, partner: Partner, channel: Channel, failure: SendFailure | None, *, detail: str, now: datetime
+) -> bool:
+    """Stop `channel` for `partner` when a provider says their address opted out or bounced for good.
+
+    `detail` is the provider's own word for it ("twilio 21610", "sendgrid bounce"), kept on the consent
+    record. True when consent changed (a partner who had none, or had already stopped, is left alone)."""
+    stop = PROVIDER_STOPS.get(failure) if failure is not None else None
+    if stop is None or partner.consent(channel) not in (ConsentState.CONFIRMED, ConsentState.PENDING):
+        return False
+    state, action = stop
+    set_consent(session, partner, channel, state, action=action, source="provider", source_detail=detail, now=now)
+    return True
 
 
 def cancel_pending(session: Session, partner_id: int, channel: Channel | None, *, reason: str) -> int:

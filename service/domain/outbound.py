@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, aliased
 
 from service.crypto import active_cipher, open_text
 from service.db import affected_rows, id_in
-from service.domain.consent import set_consent
+from service.domain.consent import PROVIDER_STOPS, provider_stop
 from service.domain.planner import OVERDUE_AFTER, SENDING_PAUSED_FLAG
 from service.domain.scheduling import (
     UnknownTimeZone,
@@ -51,8 +51,7 @@ from service.models import (
     Partner,
 )
 from service.programs import EmailFooter, ProgramLibrary, render_email, render_sms, text_to_html, wrap_email
-from service.providers import OutboundEmail, OutboundSms, OutcomeUnknown, ProviderError, SendResult
-from service.providers.twilio_sms import INVALID_NUMBER_CODES, OPTED_OUT_CODE
+from service.providers import OutboundEmail, OutboundSms, ProviderError, SendFailure, SendResult
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,12 +89,6 @@ def unsubscribe_url(settings: Settings, partner_id: int) -> str:
 
 def reply_address(settings: Settings, partner: Partner) -> str:
     return f"reply+{partner.reply_token}@{settings.inbound_email_domain}"
-
-
-def status_callback_url(settings: Settings, nudge_id: int) -> str:
-    # The nudge id rides along (signed by Twilio with the rest of the URL), so a callback can settle a
-    # nudge whose worker died before it stored the MessageSid.
-    return f"{settings.public_base_url.rstrip('/')}/webhooks/twilio/status?nudge={nudge_id}"
 
 
 @dataclass(frozen=True)
@@ -248,9 +241,8 @@ def compose(plan: SendPlan, programs: ProgramLibrary, settings: Settings) -> Com
     if text is None:
         raise ValueError(f"nudge {plan.nudge_id} has no text to send")
     if plan.channel is Channel.SMS:
-        return Composed(OutboundSms(to=plan.address or "", body=text,
-                                    status_callback=status_callback_url(settings, plan.nudge_id),
-                                    nudge_id=plan.nudge_id), store)
+        # The provider points its status reports at its own webhook, with the nudge id.
+        return Composed(OutboundSms(to=plan.address or "", body=text, nudge_id=plan.nudge_id), store)
     return Composed(OutboundEmail(
         to=plan.address or "", subject=subject or settings.sender_name, text=text, html=html or text_to_html(text),
         reply_to=plan.reply_to,
@@ -497,10 +489,14 @@ def backoff(attempts: int, retry_after: float | None) -> timedelta:
 
 
 def record_failure(session: Session, plan: SendPlan, exc: Exception, now: datetime) -> SendOutcome:
-    """What a failed provider call means for the nudge (it is `sending`, and this job holds it)."""
+    """What a failed provider call means for the nudge (it is `sending`, and this job holds it).
+
+    Decided by the failure's meaning (`SendFailure`) alone; the provider's own code is only recorded.
+    An exception that is no `ProviderError` says nothing about whether the message went: review it."""
     attempts = plan.attempts + 1
     sending = (Nudge.id == plan.nudge_id, Nudge.status == NudgeStatus.SENDING)
-    if not isinstance(exc, ProviderError) or isinstance(exc, OutcomeUnknown):
+    failure = exc.failure if isinstance(exc, ProviderError) else SendFailure.OUTCOME_UNKNOWN
+    if not isinstance(exc, ProviderError) or failure is SendFailure.OUTCOME_UNKNOWN:
         code = exc.code if isinstance(exc, ProviderError) else "error"
         session.execute(
             update(Nudge).where(*sending).values(
@@ -511,7 +507,7 @@ def record_failure(session: Session, plan: SendPlan, exc: Exception, now: dateti
         log.warning("send outcome unknown", extra={"nudge_id": plan.nudge_id, "channel": plan.channel.value,
                                                    "error": type(exc).__name__})
         return SendOutcome.REVIEW
-    if exc.retryable and attempts < MAX_ATTEMPTS:
+    if failure.retryable and attempts < MAX_ATTEMPTS:
         session.execute(
             update(Nudge).where(*sending).values(
                 status=NudgeStatus.SCHEDULED, scheduled_for=now + backoff(attempts, exc.retry_after),
@@ -519,17 +515,17 @@ def record_failure(session: Session, plan: SendPlan, exc: Exception, now: dateti
             execution_options=_NO_SYNC,
         )
         return SendOutcome.RETRY
-    reason = f"provider error {exc.code}" + (" after retries" if exc.retryable else "")
-    if plan.channel is Channel.SMS and exc.code in INVALID_NUMBER_CODES:
-        reason = f"invalid or non-mobile number ({exc.code})"
+    reason = f"provider error {exc.code}" + (" after retries" if failure.retryable else "")
+    if failure is SendFailure.INVALID_ADDRESS:
+        what = "invalid or non-mobile number" if plan.channel is Channel.SMS else "invalid address"
+        reason = f"{what} ({exc.code})"
     session.execute(
         update(Nudge).where(*sending).values(status=NudgeStatus.FAILED, error_code=exc.code, status_reason=reason),
         execution_options=_NO_SYNC,
     )
-    if plan.channel is Channel.SMS and exc.code == OPTED_OUT_CODE:
-        partner = session.get(Partner, plan.partner_id)
-        if partner is not None and partner.sms_consent != ConsentState.OPTED_OUT:
-            set_consent(session, partner, Channel.SMS, ConsentState.OPTED_OUT, action="withdrawn",
-                        source="provider", source_detail=f"twilio {OPTED_OUT_CODE}", now=now)
-    log.info("send failed", extra={"nudge_id": plan.nudge_id, "channel": plan.channel.value, "code": exc.code})
+    partner = session.get(Partner, plan.partner_id) if failure in PROVIDER_STOPS else None
+    if partner is not None:
+        provider_stop(session, partner, plan.channel, failure, detail=exc.detail, now=now)
+    log.info("send failed", extra={"nudge_id": plan.nudge_id, "channel": plan.channel.value, "code": exc.code,
+                                   "failure": failure.value})
     return SendOutcome.FAILED

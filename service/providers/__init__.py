@@ -11,6 +11,7 @@ from service.providers.base import (
     OutboundSms,
     OutcomeUnknown,
     ProviderError,
+    SendFailure,
     SendResult,
     SmsSender,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "OutcomeUnknown",
     "ProviderError",
     "Providers",
+    "SendFailure",
     "SendResult",
     "SmsSender",
     "build_providers",
@@ -48,6 +50,7 @@ def build_providers(settings: Settings, database: Database) -> Providers:
             from_number=settings.twilio_from_number,
             messaging_service_sid=settings.twilio_messaging_service_sid,
             api_base_url=settings.twilio_api_base_url,
+            public_base_url=settings.public_base_url,
         )
     else:
         sms = ConsoleSms(database, sender=settings.twilio_from_number or "+15550000000")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import enum
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -12,7 +13,7 @@ from typing import Protocol
 class OutboundSms:
     to: str
     body: str
-    status_callback: str | None = None
+    status_callback: str | None = None  # None: the provider's own status webhook for `nudge_id`
     nudge_id: int | None = None
 
 
@@ -34,23 +35,53 @@ class SendResult:
     status: str = "sent"
 
 
+class SendFailure(enum.StrEnum):
+    """What a failure means, whatever the vendor's own code for it: the domain decides on this alone.
+
+    Each provider module maps its codes and statuses to one of these; the vendor's code travels beside
+    it (`ProviderError.code`), only to be recorded and shown to operators."""
+
+    OPTED_OUT = "opted_out"  # the recipient told the provider to stop: nothing more goes to that address
+    BOUNCED = "bounced"  # the address refused mail for good (a hard bounce): nothing more goes there
+    INVALID_ADDRESS = "invalid_address"  # not an address the channel can reach (bad or non-mobile number)
+    UNREACHABLE = "unreachable"  # the recipient could not be reached this time (handset off, say)
+    RATE_LIMITED = "rate_limited"  # the provider asks us to slow down: retried
+    TEMPORARY = "temporary"  # the provider failed or could not be reached, and nothing was sent: retried
+    REJECTED = "rejected"  # refused for any other reason that retrying will not change
+    OUTCOME_UNKNOWN = "outcome_unknown"  # the request went out and no answer came: it may have been sent
+
+    @property
+    def retryable(self) -> bool:
+        return self in (SendFailure.RATE_LIMITED, SendFailure.TEMPORARY)
+
+
 class ProviderError(Exception):
-    """A send that did not happen. `retryable` errors (429, 5xx, timeouts) may be tried again."""
+    """A send that did not happen (or may have): the vendor's `code` and what it means (`failure`)."""
 
     def __init__(
-        self, message: str, *, code: str | None = None, retryable: bool, retry_after: float | None = None
+        self, message: str, *, provider: str, code: str, failure: SendFailure, retry_after: float | None = None
     ) -> None:
         super().__init__(message)
+        self.provider = provider
         self.code = code
-        self.retryable = retryable
+        self.failure = failure
         self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.failure.retryable
+
+    @property
+    def detail(self) -> str:
+        """The provider's word as a consent record names it, such as "twilio 21610"."""
+        return f"{self.provider} {self.code}"
 
 
 class OutcomeUnknown(ProviderError):
     """The request may have reached the provider: sending again could deliver the message twice."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, code="outcome_unknown", retryable=False)
+    def __init__(self, message: str, *, provider: str) -> None:
+        super().__init__(message, provider=provider, code="outcome_unknown", failure=SendFailure.OUTCOME_UNKNOWN)
 
 
 class SmsSender(Protocol):

@@ -8,8 +8,9 @@ RFC 8058 one-click unsubscribe headers and our nudge id as a custom argument (pe
 Mail Send spec types the top-level `custom_args` as a string). Categories are never set: they are
 aggregated in SendGrid's reports and must not carry anything personal.
 
-Failures map like Twilio's: an HTTP error is 429/5xx = retry, other 4xx = failed; a request that never
-went out whole = retry; no answer after sending = `OutcomeUnknown` (review, never resent).
+Failures map like Twilio's: an HTTP error is 429 (`rate_limited`) or 5xx (`temporary`) = retry, other
+4xx = `rejected`; a request that never went out whole = `temporary`, retried; no answer after sending =
+`OutcomeUnknown` (review, never resent).
 """
 
 from __future__ import annotations
@@ -33,16 +34,25 @@ from service.providers.base import (
     OutboundEmail,
     OutcomeUnknown,
     ProviderError,
+    SendFailure,
     SendResult,
     retry_after_seconds,
 )
 from service.providers.transport import Answer, GateClosed, KeepAlive, NoAnswer, NotSent
 
+SENDGRID = "sendgrid"  # the provider's name in our records (nudges, inbound messages, delivery events, consent)
 MAIL_SEND_PATH = "/v3/mail/send"
 
 
+def send_failure(status: int) -> SendFailure:
+    """What an error answer to a send means: Mail Send's status alone says it."""
+    if status == 429:
+        return SendFailure.RATE_LIMITED
+    return SendFailure.TEMPORARY if status >= 500 else SendFailure.REJECTED
+
+
 class SendGridEmail:
-    name = "sendgrid"
+    name = SENDGRID
 
     def __init__(
         self, api_key: str, from_email: str, *, from_name: str = "", api_host: str = "", timeout: float = 15.0
@@ -73,13 +83,13 @@ class SendGridEmail:
         except GateClosed:
             raise
         except NotSent as exc:
-            raise ProviderError("sendgrid could not be reached", code="connection", retryable=True) from exc
+            raise ProviderError("sendgrid could not be reached", provider=SENDGRID, code="connection",
+                                failure=SendFailure.TEMPORARY) from exc
         except NoAnswer as exc:
-            raise OutcomeUnknown("sendgrid did not answer after the request was sent") from exc
+            raise OutcomeUnknown("sendgrid did not answer after the request was sent", provider=SENDGRID) from exc
         if answer.status >= 400:
-            raise ProviderError(f"sendgrid answered {answer.status}", code=str(answer.status),
-                                retryable=answer.status == 429 or answer.status >= 500,
-                                retry_after=_retry_after(answer))
+            raise ProviderError(f"sendgrid answered {answer.status}", provider=SENDGRID, code=str(answer.status),
+                                failure=send_failure(answer.status), retry_after=_retry_after(answer))
         message_id = answer.header("X-Message-Id") or ""
         return SendResult(provider_message_id=message_id or f"sendgrid-{message.nudge_id}", status="sent")
 

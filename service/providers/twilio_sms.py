@@ -2,10 +2,12 @@
 transport (`service.providers.transport`, through the SDK's custom `HttpClient` hook) carries them, one
 connection per sending thread.
 
+Every Twilio fact Closer relies on lives in this module; the domain only sees `SendFailure` meanings.
 What a failure means decides whether a nudge may be sent again:
-- Twilio answered with an error: 429 and 5xx are retried, other 4xx end the nudge (21610 = the number
-  replied STOP to Twilio itself; 21211 and 21614 = not a valid mobile number).
-- The request never went out whole (no connection, or it broke while writing): retry.
+- Twilio answered with an error: 429 (`rate_limited`) and 5xx (`temporary`) are retried, other 4xx end
+  the nudge: 21610 is `opted_out` (the number replied STOP to Twilio itself), 21211 and 21614 are
+  `invalid_address` (not a valid mobile number), anything else `rejected`.
+- The request never went out whole (no connection, or it broke while writing): `temporary`, retried.
 - The request went out and no answer came back (read timeout, connection dropped): Twilio may have
   sent it. That is `OutcomeUnknown`, and the nudge goes to operator review instead of being resent.
 """
@@ -29,17 +31,23 @@ from service.providers.base import (
     OutboundSms,
     OutcomeUnknown,
     ProviderError,
+    SendFailure,
     SendResult,
     retry_after_seconds,
 )
 from service.providers.transport import GateClosed, KeepAlive, NoAnswer, NotSent
 
-__all__ = ["INVALID_NUMBER_CODES", "OPTED_OUT_CODE", "OutcomeUnknown", "TwilioSms"]
+__all__ = ["TWILIO", "OutcomeUnknown", "TwilioSms", "send_failure"]
 
-OPTED_OUT_CODE = "21610"
-INVALID_NUMBER_CODES = frozenset({"21211", "21614"})
+TWILIO = "twilio"  # the provider's name in our records (nudges, inbound messages, delivery events, consent)
+STATUS_CALLBACK_PATH = "/webhooks/twilio/status"  # service/web/webhooks/twilio_status.py listens there
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-DEFAULT_API = "https://api.twilio.com"
+# Twilio error codes whose meaning is not the default for their HTTP status (`rejected` for a 4xx).
+CODE_FAILURES: dict[str, SendFailure] = {
+    "21610": SendFailure.OPTED_OUT,  # the recipient texted STOP to our number
+    "21211": SendFailure.INVALID_ADDRESS,  # not a valid phone number
+    "21614": SendFailure.INVALID_ADDRESS,  # not a mobile number
+}
 
 _sdk_log = logging.getLogger("service.providers.twilio.http")
 
@@ -82,8 +90,17 @@ class _SdkTransport(HttpClient):
         return Response(answer.status, answer.body.decode("utf-8", "replace"), answer.headers)
 
 
+def send_failure(status: int, code: str) -> SendFailure:
+    """What an error answer to a send means: by HTTP status first (429, 5xx are retried), then by code."""
+    if status == 429:
+        return SendFailure.RATE_LIMITED
+    if status >= 500:
+        return SendFailure.TEMPORARY
+    return CODE_FAILURES.get(code, SendFailure.REJECTED)
+
+
 class TwilioSms:
-    name = "twilio"
+    name = TWILIO
 
     def __init__(
         self,
@@ -93,6 +110,7 @@ class TwilioSms:
         from_number: str = "",
         messaging_service_sid: str = "",
         api_base_url: str = "",
+        public_base_url: str = "",
         timeout: float = 15.0,
     ) -> None:
         if not (from_number or messaging_service_sid):
@@ -102,6 +120,7 @@ class TwilioSms:
         self._from_number = from_number
         self._messaging_service_sid = messaging_service_sid
         self._api_base_url = api_base_url.rstrip("/")
+        self._status_callback = public_base_url.rstrip("/") + STATUS_CALLBACK_PATH if public_base_url else ""
         self._timeout = timeout
         self._local = threading.local()
         self._transports: dict[str, KeepAlive] = {}
@@ -117,6 +136,14 @@ class TwilioSms:
             self._local.client = client
         return client
 
+    def status_callback_url(self, nudge_id: int | None) -> str | None:
+        """Where Twilio reports a message's status (None without PUBLIC_BASE_URL). The nudge id rides along
+        (signed by Twilio with the rest of the URL), so a callback can settle a nudge whose worker died
+        before it stored the MessageSid."""
+        if not self._status_callback:
+            return None
+        return self._status_callback if nudge_id is None else f"{self._status_callback}?nudge={nudge_id}"
+
     def request_params(self, message: OutboundSms) -> dict[str, str]:
         """The SDK's keyword arguments for one message: a Messaging Service wins over a bare number."""
         params: dict[str, str] = {"to": message.to, "body": message.body}
@@ -124,32 +151,34 @@ class TwilioSms:
             params["messaging_service_sid"] = self._messaging_service_sid
         else:
             params["from_"] = self._from_number
-        if message.status_callback:
-            params["status_callback"] = message.status_callback
+        status_callback = message.status_callback or self.status_callback_url(message.nudge_id)
+        if status_callback:
+            params["status_callback"] = status_callback
         return params
 
     def send_sms(self, message: OutboundSms) -> SendResult:
         if not E164.match(message.to):
-            raise ProviderError("not an E.164 number", code="21211", retryable=False)
+            raise ProviderError("not an E.164 number", provider=TWILIO, code="21211",
+                                failure=SendFailure.INVALID_ADDRESS)
         client = self._client()
         try:
             created = client.messages.create(**self.request_params(message))
         except TwilioRestException as exc:
             status = int(exc.status or 0)
+            code = str(exc.code) if exc.code else str(status)
             http_client = client.http_client
             headers = http_client.last_headers if isinstance(http_client, _SdkTransport) else {}
             raise ProviderError(
-                f"twilio answered {status}",
-                code=str(exc.code) if exc.code else str(status),
-                retryable=status == 429 or status >= 500,
+                f"twilio answered {status}", provider=TWILIO, code=code, failure=send_failure(status, code),
                 retry_after=retry_after_seconds(_header(headers, "Retry-After")),
             ) from exc
         except GateClosed:
             raise
         except NotSent as exc:
-            raise ProviderError("twilio could not be reached", code="connection", retryable=True) from exc
+            raise ProviderError("twilio could not be reached", provider=TWILIO, code="connection",
+                                failure=SendFailure.TEMPORARY) from exc
         except NoAnswer as exc:
-            raise OutcomeUnknown("twilio did not answer after the request was sent") from exc
+            raise OutcomeUnknown("twilio did not answer after the request was sent", provider=TWILIO) from exc
         return SendResult(provider_message_id=str(created.sid), status=str(created.status or "queued"))
 
 

@@ -12,7 +12,7 @@ from service.domain.outbound import SendPlan, compose
 from service.domain.tokens import read_token
 from service.models import Channel, NudgeKind
 from service.programs import ProgramLibrary, load_programs
-from service.providers import OutboundEmail, OutcomeUnknown, ProviderError
+from service.providers import OutboundEmail, OutcomeUnknown, ProviderError, SendFailure
 from service.providers.sendgrid_email import SendGridEmail
 from service.settings import Settings
 from tests.support.fake_providers import FakeProviders
@@ -76,10 +76,12 @@ def test_the_mock_rejects_a_request_that_breaks_the_spec(prism: PrismPair, setti
     assert getattr(raised.value, "status_code", None) == 400
 
 
-@pytest.mark.parametrize(("status", "retryable"), [(429, True), (500, True), (503, True), (400, False),
-                                                   (401, False), (413, False)])
+@pytest.mark.parametrize(("status", "failure"), [
+    (429, SendFailure.RATE_LIMITED), (500, SendFailure.TEMPORARY), (503, SendFailure.TEMPORARY),
+    (400, SendFailure.REJECTED), (401, SendFailure.REJECTED), (413, SendFailure.REJECTED),
+])
 def test_provider_errors_map_to_retry_or_failure(
-    fake: FakeProviders, settings: Settings, programs: ProgramLibrary, status: int, retryable: bool
+    fake: FakeProviders, settings: Settings, programs: ProgramLibrary, status: int, failure: SendFailure
 ) -> None:
     fake.storm(status, channel="email", count=1, retry_after=5 if status == 429 else None)
     email = sdk_providers(settings, twilio_url=fake.url, sendgrid_url=fake.url).email
@@ -87,7 +89,9 @@ def test_provider_errors_map_to_retry_or_failure(
     assert isinstance(message, OutboundEmail)
     with pytest.raises(ProviderError) as raised:
         email.send_email(message)
-    assert raised.value.code == str(status) and raised.value.retryable is retryable
+    assert raised.value.code == str(status) and raised.value.failure is failure
+    assert raised.value.retryable is (status == 429 or status >= 500)
+    assert (raised.value.provider, raised.value.detail) == ("sendgrid", f"sendgrid {status}")
     assert not isinstance(raised.value, OutcomeUnknown)
     assert raised.value.retry_after == (5.0 if status == 429 else None)
 
@@ -99,8 +103,9 @@ def test_no_answer_after_the_request_went_out_is_an_unknown_outcome(
     email = sdk_providers(settings, twilio_url=fake.url, sendgrid_url=fake.url, timeout=0.5).email
     message = compose(_plan(), programs, settings).message
     assert isinstance(message, OutboundEmail)
-    with pytest.raises(OutcomeUnknown):
+    with pytest.raises(OutcomeUnknown) as raised:
         email.send_email(message)
+    assert raised.value.failure is SendFailure.OUTCOME_UNKNOWN and not raised.value.retryable
     assert [r.outcome for r in fake.records("email")] == ["hung"]
 
 
@@ -114,6 +119,7 @@ def test_a_refused_connection_sent_nothing_and_is_retried(settings: Settings, pr
     with pytest.raises(ProviderError) as raised:
         email.send_email(message)
     assert raised.value.retryable and raised.value.code == "connection"
+    assert raised.value.failure is SendFailure.TEMPORARY
     assert not isinstance(raised.value, OutcomeUnknown)
 
 

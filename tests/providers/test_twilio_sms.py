@@ -9,8 +9,7 @@ import threading
 
 import pytest
 
-from service.domain.outbound import status_callback_url
-from service.providers import OutboundSms, OutcomeUnknown, ProviderError
+from service.providers import OutboundSms, OutcomeUnknown, ProviderError, SendFailure
 from service.providers.base import retry_after_seconds
 from service.providers.twilio_sms import TwilioSms
 from service.settings import Settings
@@ -23,7 +22,7 @@ BODY = "Alex, what's one small thing Sam did this week that made your day easier
 
 
 def _message(settings: Settings, nudge_id: int = 42, to: str = "+14155550123") -> OutboundSms:
-    return OutboundSms(to=to, body=BODY, status_callback=status_callback_url(settings, nudge_id), nudge_id=nudge_id)
+    return OutboundSms(to=to, body=BODY, nudge_id=nudge_id)
 
 
 @pytest.mark.parametrize("messaging_service", [False, True], ids=["from-number", "messaging-service"])
@@ -53,14 +52,14 @@ def test_the_mock_rejects_a_request_that_breaks_the_spec(prism: PrismPair, setti
     broken = OutboundSms(to="+14155550123", body=BODY, status_callback="not a url", nudge_id=1)
     with pytest.raises(ProviderError) as raised:
         sms.send_sms(broken)
-    assert raised.value.code == "422" and raised.value.retryable is False
+    assert raised.value.code == "422" and raised.value.failure is SendFailure.REJECTED
 
 
 def test_a_number_that_is_not_e164_is_refused_before_any_request(fake: FakeProviders, settings: Settings) -> None:
     sms = sdk_providers(settings, twilio_url=fake.url, sendgrid_url=fake.url).sms
     with pytest.raises(ProviderError) as raised:
         sms.send_sms(_message(settings, to="415-555-0123"))
-    assert raised.value.code == "21211" and not raised.value.retryable
+    assert raised.value.code == "21211" and raised.value.failure is SendFailure.INVALID_ADDRESS
     assert fake.records() == []
 
 
@@ -82,19 +81,22 @@ def test_one_keep_alive_connection_per_sending_thread(fake: FakeProviders, setti
 
 
 @pytest.mark.parametrize(
-    ("status", "code", "retryable"),
-    [(429, 20429, True), (500, 20500, True), (503, 20503, True), (400, 21610, False), (400, 21211, False),
-     (400, 21614, False)],
+    ("status", "code", "failure"),
+    [(429, 20429, SendFailure.RATE_LIMITED), (500, 20500, SendFailure.TEMPORARY),
+     (503, 20503, SendFailure.TEMPORARY), (400, 21610, SendFailure.OPTED_OUT),
+     (400, 21211, SendFailure.INVALID_ADDRESS), (400, 21614, SendFailure.INVALID_ADDRESS),
+     (400, 21408, SendFailure.REJECTED)],
 )
 def test_provider_errors_map_to_retry_or_failure(
-    fake: FakeProviders, settings: Settings, status: int, code: int, retryable: bool
+    fake: FakeProviders, settings: Settings, status: int, code: int, failure: SendFailure
 ) -> None:
     fake.storm(status, channel="sms", count=1, error_code=code, retry_after=7 if status == 429 else None)
     sms = sdk_providers(settings, twilio_url=fake.url, sendgrid_url=fake.url).sms
     with pytest.raises(ProviderError) as raised:
         sms.send_sms(_message(settings))
-    assert raised.value.code == str(code)
-    assert raised.value.retryable is retryable
+    assert raised.value.code == str(code) and raised.value.failure is failure
+    assert raised.value.retryable is (status == 429 or status >= 500)
+    assert raised.value.detail == f"twilio {code}", "an opt-out's consent record names Twilio's code"
     assert not isinstance(raised.value, OutcomeUnknown)
     assert raised.value.retry_after == (7.0 if status == 429 else None)
 
@@ -102,8 +104,9 @@ def test_provider_errors_map_to_retry_or_failure(
 def test_no_answer_after_the_request_went_out_is_an_unknown_outcome(fake: FakeProviders, settings: Settings) -> None:
     fake.hang(3.0, channel="sms", count=1)
     sms = sdk_providers(settings, twilio_url=fake.url, sendgrid_url=fake.url, timeout=0.5).sms
-    with pytest.raises(OutcomeUnknown):
+    with pytest.raises(OutcomeUnknown) as raised:
         sms.send_sms(_message(settings))
+    assert raised.value.failure is SendFailure.OUTCOME_UNKNOWN
     assert [r.outcome for r in fake.records("sms")] == ["hung"]
 
 
@@ -116,6 +119,7 @@ def test_a_refused_connection_sent_nothing_and_is_retried(settings: Settings) ->
     with pytest.raises(ProviderError) as raised:
         sms.send_sms(_message(settings))
     assert raised.value.retryable and raised.value.code == "connection"
+    assert raised.value.failure is SendFailure.TEMPORARY
     assert not isinstance(raised.value, OutcomeUnknown)
 
 

@@ -52,7 +52,7 @@ def sdk_providers(
     return Providers(
         sms=TwilioSms(ACCOUNT_SID, settings.twilio_auth_token, from_number="" if messaging_service else FROM_NUMBER,
                       messaging_service_sid=MESSAGING_SERVICE_SID if messaging_service else "",
-                      api_base_url=twilio_url, timeout=timeout),
+                      api_base_url=twilio_url, public_base_url=settings.public_base_url, timeout=timeout),
         email=SendGridEmail(SENDGRID_KEY, FROM_EMAIL, from_name=settings.sender_name, api_host=sendgrid_url,
                             timeout=timeout),
     )

@@ -38,7 +38,7 @@ from service.models import (
     NudgeKind,
     NudgeStatus,
 )
-from service.providers import OutboundEmail, OutboundSms, OutcomeUnknown, ProviderError, SendResult
+from service.providers import OutboundEmail, OutboundSms, OutcomeUnknown, ProviderError, SendFailure, SendResult
 from service.runtime import Runtime
 from tests.factories import make_couple
 
@@ -73,14 +73,14 @@ def test_a_plan_holds_what_the_send_needs(db: Session, runtime: Runtime) -> None
     assert load_plans(db, [plan.nudge_id + 1000], runtime.settings) == []
 
 
-def test_an_sms_prompt_is_rendered_for_its_partner_with_its_status_callback(db: Session, runtime: Runtime) -> None:
+def test_an_sms_prompt_is_rendered_for_its_partner_with_its_nudge_id(db: Session, runtime: Runtime) -> None:
     couple = make_couple(db, names=("Alex", "Sam"))
     nudge = queued(db, couple)
     composed = compose(plan_of(db, runtime, nudge), runtime.programs, runtime.settings)
     assert isinstance(composed.message, OutboundSms)
     assert "Alex" in composed.message.body or "Sam" in composed.message.body
-    assert composed.message.status_callback == (
-        f"{runtime.settings.public_base_url}/webhooks/twilio/status?nudge={nudge.id}")
+    assert composed.message.nudge_id == nudge.id, "the provider's status webhook is told which nudge it reports"
+    assert composed.message.status_callback is None, "the provider names its own status webhook"
     assert composed.store["body_text"] == composed.message.body, "the words sent are stored (encrypted)"
 
 
@@ -201,7 +201,8 @@ def test_a_retryable_error_schedules_a_retry_no_sooner_than_retry_after(db: Sess
     nudge = queued(db, make_couple(db))
     plan = plan_of(db, runtime, nudge)
     claim(db, plan, NOW, {})
-    outcome = record_failure(db, plan, ProviderError("429", code="20429", retryable=True, retry_after=120), NOW)
+    error = ProviderError("429", provider="twilio", code="20429", failure=SendFailure.RATE_LIMITED, retry_after=120)
+    outcome = record_failure(db, plan, error, NOW)
     assert outcome is SendOutcome.RETRY
     nudge = status_of(db, nudge)
     assert nudge.status == NudgeStatus.SCHEDULED and nudge.error_code == "20429"
@@ -214,18 +215,20 @@ def test_retries_end_as_failed(db: Session, runtime: Runtime) -> None:
     db.flush()
     plan = plan_of(db, runtime, nudge)
     claim(db, plan, NOW, {})
-    assert record_failure(db, plan, ProviderError("503", code="20503", retryable=True), NOW) is SendOutcome.FAILED
+    error = ProviderError("503", provider="twilio", code="20503", failure=SendFailure.TEMPORARY)
+    assert record_failure(db, plan, error, NOW) is SendOutcome.FAILED
     nudge = status_of(db, nudge)
     assert nudge.status == NudgeStatus.FAILED and nudge.status_reason == "provider error 20503 after retries"
 
 
-def test_twilio_21610_fails_the_nudge_and_marks_the_number_opted_out(db: Session, runtime: Runtime) -> None:
+def test_an_opted_out_number_fails_the_nudge_and_marks_the_number_opted_out(db: Session, runtime: Runtime) -> None:
     couple = make_couple(db)
     nudge = queued(db, couple)
     later = queued(db, couple, step_day=2)
     plan = plan_of(db, runtime, nudge)
     claim(db, plan, NOW, {})
-    assert record_failure(db, plan, ProviderError("stop", code="21610", retryable=False), NOW) is SendOutcome.FAILED
+    error = ProviderError("stop", provider="twilio", code="21610", failure=SendFailure.OPTED_OUT)
+    assert record_failure(db, plan, error, NOW) is SendOutcome.FAILED
     alex = couple.partners[0]
     db.refresh(alex)
     assert alex.consent(Channel.SMS) is ConsentState.OPTED_OUT
@@ -240,17 +243,34 @@ def test_an_invalid_or_landline_number_fails_with_the_reason(db: Session, runtim
     nudge = queued(db, make_couple(db))
     plan = plan_of(db, runtime, nudge)
     claim(db, plan, NOW, {})
-    record_failure(db, plan, ProviderError("bad number", code=code, retryable=False), NOW)
+    record_failure(db, plan, ProviderError("bad number", provider="twilio", code=code,
+                                           failure=SendFailure.INVALID_ADDRESS), NOW)
     nudge = status_of(db, nudge)
     assert (nudge.status, nudge.error_code) == (NudgeStatus.FAILED, code)
     assert nudge.status_reason == f"invalid or non-mobile number ({code})"
+
+
+def test_the_failure_meaning_decides_not_the_vendor_code(db: Session, runtime: Runtime) -> None:
+    """Any provider's opt-out stops that channel, named on the consent record as the provider names it."""
+    couple = make_couple(db)
+    nudge = queued(db, couple, channel=Channel.EMAIL)
+    plan = plan_of(db, runtime, nudge)
+    claim(db, plan, NOW, {})
+    error = ProviderError("stop", provider="acme", code="E-77", failure=SendFailure.OPTED_OUT)
+    assert record_failure(db, plan, error, NOW) is SendOutcome.FAILED
+    alex = couple.partners[0]
+    db.refresh(alex)
+    assert (alex.consent(Channel.EMAIL), alex.consent(Channel.SMS)) == (ConsentState.OPTED_OUT, ConsentState.CONFIRMED)
+    record = db.scalars(select(ConsentRecord).order_by(ConsentRecord.id.desc())).first()
+    assert record is not None and (record.source, record.source_detail) == ("provider", "acme E-77")
+    assert status_of(db, nudge).status_reason == "provider error E-77"
 
 
 def test_an_unknown_outcome_goes_to_review_and_is_never_resent(db: Session, runtime: Runtime) -> None:
     nudge = queued(db, make_couple(db))
     plan = plan_of(db, runtime, nudge)
     claim(db, plan, NOW, {})
-    assert record_failure(db, plan, OutcomeUnknown("read timeout"), NOW) is SendOutcome.REVIEW
+    assert record_failure(db, plan, OutcomeUnknown("read timeout", provider="twilio"), NOW) is SendOutcome.REVIEW
     nudge = status_of(db, nudge)
     assert nudge.status == NudgeStatus.SENDING and nudge.needs_review and nudge.error_code == "outcome_unknown"
     assert claim(db, plan, NOW, {}) is False
