@@ -17,7 +17,6 @@ bench/ops_status.py measures the whole report on a million couples.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,6 +38,7 @@ from service.models import (
     PartnerSchedule,
     UTCDateTime,
 )
+from service.providers import explain_error
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(hours=24)
@@ -48,73 +48,15 @@ FAILED_STATUSES = (NudgeStatus.FAILED, NudgeStatus.UNDELIVERED)
 ERROR_STATUSES = (NudgeStatus.FAILED, NudgeStatus.UNDELIVERED, NudgeStatus.SCHEDULED, NudgeStatus.SENDING)
 CHANNELS = (Channel.SMS, Channel.EMAIL)
 
-# What the codes we record mean, in the operator's terms.
-ERROR_MEANINGS: dict[str, str] = {
-    "21211": "Twilio: the 'To' number is not a valid phone number.",
-    "21214": "Twilio: the 'To' number cannot be reached (not a working number).",
-    "21408": "Twilio: sending to this region is not enabled on the account.",
-    "21610": "Twilio: the recipient texted STOP to our number; Twilio refuses until they text START.",
-    "21614": "Twilio: the 'To' number is not a mobile number that can receive texts.",
-    "20003": "Twilio: authentication failed; check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN.",
-    "20429": "Twilio: too many requests; we are sending faster than the account allows.",
-    "30001": "Twilio: queue overflow; too many messages queued for the sender.",
-    "30002": "Twilio: the account is suspended.",
-    "30003": "Carrier: the handset is unreachable (switched off or out of coverage).",
-    "30004": "Carrier: message blocked (the recipient or their carrier blocks it).",
-    "30005": "Carrier: unknown handset; the number may no longer exist.",
-    "30006": "Carrier: landline or unreachable carrier; this number cannot receive texts.",
-    "30007": "Carrier: message filtered as spam or as breaking carrier rules.",
-    "30008": "Carrier: unknown error delivering the message.",
-    "30034": "Carrier: the sender number is not registered for A2P 10DLC.",
-    "bounce": "SendGrid: the receiving mail server rejected the message permanently (bounce).",
-    "blocked": "SendGrid: the receiving mail server blocked the message (often reputation or content).",
-    "dropped": "SendGrid: not sent because the address bounced, unsubscribed or reported spam before.",
-    "deferred": "SendGrid: the receiving server asked to try later; SendGrid keeps retrying for 72 hours.",
-    "spamreport": "SendGrid: the recipient marked the message as spam.",
-    "unsubscribe": "SendGrid: the recipient unsubscribed.",
-    "400": "SendGrid API: the request was refused as malformed.",
-    "401": "SendGrid API: the API key is missing or wrong (SENDGRID_API_KEY).",
-    "403": "SendGrid API: the key lacks permission or the sender is not verified.",
-    "413": "SendGrid API: the message is too large.",
-    "429": "Provider API: rate limited; the send is retried after Retry-After.",
-    "500": "Provider API: server error; the send is retried.",
-    "502": "Provider API: bad gateway; the send is retried.",
-    "503": "Provider API: unavailable; the send is retried.",
-    "timeout": "The provider did not accept the connection in time; the send is retried.",
-    "connection": "The provider could not be reached; the send is retried.",
-    "outcome_unknown": "The provider did not answer in time: it may have sent the message. Awaiting review.",
-}
+# Provider modules explain their own codes (service.providers.explain_error); this is for the rest.
+UNKNOWN_CODE = "See the provider's documentation for this code."
 
 
-# SendGrid passes on the receiving mail server's status: enhanced (5.1.1) or basic (550) SMTP codes.
-SMTP_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})")
-SMTP_MEANINGS: dict[str, str] = {
-    "5.1.1": "Mail server: no such mailbox; the address does not exist.",
-    "5.2.2": "Mail server: the mailbox is full.",
-    "5.7.1": "Mail server: refused by policy (spam filtering or a blocklist).",
-    "421": "Mail server: unavailable for now; SendGrid retries.",
-    "450": "Mail server: mailbox unavailable for now; SendGrid retries.",
-    "550": "Mail server: mailbox unavailable or message refused.",
-    "552": "Mail server: mailbox full or message too large.",
-    "553": "Mail server: the address is not allowed.",
-    "554": "Mail server: the transaction failed (often spam filtering).",
-}
-
-
-def error_meaning(code: str | None) -> str:
+def error_meaning(channel: str, code: str | None) -> str:
+    """What a provider's code on a nudge of `channel` means, in the operator's terms ("" for no code)."""
     if not code:
         return ""
-    key = code.strip().lower()
-    if key in ERROR_MEANINGS:
-        return ERROR_MEANINGS[key]
-    if key in SMTP_MEANINGS:
-        return SMTP_MEANINGS[key]
-    enhanced = SMTP_ENHANCED.fullmatch(key)
-    if enhanced is not None:
-        if enhanced.group(1) == "5":
-            return f"Mail server: the message was rejected permanently (SMTP status {key})."
-        return f"Mail server: a temporary failure (SMTP status {key}); SendGrid retries."
-    return "See the provider's documentation for this code."
+    return explain_error(channel, code) or UNKNOWN_CODE
 
 
 def floor_hour(moment: datetime) -> datetime:
@@ -371,7 +313,7 @@ def provider_errors(session: Session, now: datetime, window: timedelta = DAY, la
     ).all()
     by_code = sorted(
         (ErrorSummary(code=str(code), channel=str(channel), count=int(count), last_seen=last,
-                      meaning=error_meaning(code)) for code, channel, count, last in summary),
+                      meaning=error_meaning(channel, code)) for code, channel, count, last in summary),
         key=lambda e: (-e.count, e.code, e.channel),
     )
     # The newest few per status, each read backwards along (status, sending_at): a handful of rows,
@@ -385,7 +327,7 @@ def provider_errors(session: Session, now: datetime, window: timedelta = DAY, la
         ).all())
     rows.sort(key=lambda row: (row[5], row[0]), reverse=True)
     recent = [RecentError(nudge_id=int(i), channel=str(ch), kind=str(k), status=str(st), code=str(code),
-                          meaning=error_meaning(code), at=at) for i, ch, k, st, code, at in rows[:latest]]
+                          meaning=error_meaning(ch, code), at=at) for i, ch, k, st, code, at in rows[:latest]]
     return ProviderErrors(window_hours=int(window.total_seconds() // 3600), by_code=by_code, latest=recent)
 
 

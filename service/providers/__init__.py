@@ -1,10 +1,18 @@
-"""Providers chosen by settings: Twilio or console for SMS, SendGrid or console for email."""
+"""Providers chosen by settings: Twilio or console for SMS, SendGrid or console for email.
+
+Every vendor fact (codes, status names, webhook paths, the name our records give the vendor) lives in
+that vendor's module here; the domain sees `SendFailure` meanings and `DeliveryReport`s, and the ops page
+asks `explain_error` what a recorded code means.
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.db import Database
+from service.providers import base
 from service.providers.base import (
     EmailSender,
     OutboundEmail,
@@ -29,6 +37,7 @@ __all__ = [
     "SendResult",
     "SmsSender",
     "build_providers",
+    "explain_error",
 ]
 
 
@@ -66,3 +75,27 @@ def build_providers(settings: Settings, database: Database) -> Providers:
     else:
         email = ConsoleEmail(database, sender=settings.sendgrid_from_email or "closer@localhost")
     return Providers(sms=sms, email=email)
+
+
+Explain = Callable[[str], str | None]
+
+
+@functools.cache
+def _explainers() -> dict[str, tuple[Explain, ...]]:
+    """Each channel's provider modules, asked in turn; imported on first use (they load the vendors' SDKs)."""
+    from service.providers import console, sendgrid_email, twilio_sms
+
+    return {"sms": (twilio_sms.explain, console.explain), "email": (sendgrid_email.explain, console.explain)}
+
+
+def explain_error(channel: str, code: str | None) -> str | None:
+    """What a code recorded on a nudge of `channel` ("sms", "email") means to an operator, from the provider
+    modules that send on that channel and then the codes every provider shares; None when none knows it."""
+    if not code:
+        return None
+    key = code.strip().lower()
+    for explain in _explainers().get(str(channel), ()):
+        text = explain(key)
+        if text is not None:
+            return text
+    return base.explain(key)

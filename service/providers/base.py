@@ -84,6 +84,23 @@ class OutcomeUnknown(ProviderError):
         super().__init__(message, provider=provider, code="outcome_unknown", failure=SendFailure.OUTCOME_UNKNOWN)
 
 
+# Codes any provider module may record: the seam's own (no connection, no answer) and plain HTTP statuses.
+COMMON_CODES: dict[str, str] = {
+    "429": "Provider API: rate limited; the send is retried after Retry-After.",
+    "500": "Provider API: server error; the send is retried.",
+    "502": "Provider API: bad gateway; the send is retried.",
+    "503": "Provider API: unavailable; the send is retried.",
+    "timeout": "The provider did not accept the connection in time; the send is retried.",
+    "connection": "The provider could not be reached; the send is retried.",
+    "outcome_unknown": "The provider did not answer in time: it may have sent the message. Awaiting review.",
+}
+
+
+def explain(code: str) -> str | None:
+    """What a code every provider shares means to an operator (`code` stripped and lower-case)."""
+    return COMMON_CODES.get(code)
+
+
 class SmsSender(Protocol):
     name: str
 

@@ -13,9 +13,17 @@ from service.providers.transport import pass_gate
 
 log = logging.getLogger(__name__)
 
+CONSOLE = "console"  # the provider's name in our records
+
+
+def explain(code: str) -> str | None:
+    """The console providers never fail with a code of their own (a failed outbox write is a database error)."""
+    del code
+    return None
+
 
 class ConsoleSms:
-    name = "console"
+    name = CONSOLE
 
     def __init__(self, database: Database, sender: str = "+15550000000") -> None:
         self._database = database
@@ -37,7 +45,7 @@ class ConsoleSms:
 
 
 class ConsoleEmail:
-    name = "console"
+    name = CONSOLE
 
     def __init__(self, database: Database, sender: str = "closer@localhost") -> None:
         self._database = database

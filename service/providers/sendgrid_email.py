@@ -16,6 +16,7 @@ Failures map like Twilio's: an HTTP error is 429 (`rate_limited`) or 5xx (`tempo
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import TypeVar
 
@@ -42,6 +43,48 @@ from service.providers.transport import Answer, GateClosed, KeepAlive, NoAnswer,
 
 SENDGRID = "sendgrid"  # the provider's name in our records (nudges, inbound messages, delivery events, consent)
 MAIL_SEND_PATH = "/v3/mail/send"
+
+
+# What SendGrid's event names and Mail Send statuses mean, in the operator's terms (the ops page).
+ERROR_TEXTS: dict[str, str] = {
+    "bounce": "SendGrid: the receiving mail server rejected the message permanently (bounce).",
+    "blocked": "SendGrid: the receiving mail server blocked the message (often reputation or content).",
+    "dropped": "SendGrid: not sent because the address bounced, unsubscribed or reported spam before.",
+    "deferred": "SendGrid: the receiving server asked to try later; SendGrid keeps retrying for 72 hours.",
+    "spamreport": "SendGrid: the recipient marked the message as spam.",
+    "unsubscribe": "SendGrid: the recipient unsubscribed.",
+    "400": "SendGrid API: the request was refused as malformed.",
+    "401": "SendGrid API: the API key is missing or wrong (SENDGRID_API_KEY).",
+    "403": "SendGrid API: the key lacks permission or the sender is not verified.",
+    "413": "SendGrid API: the message is too large.",
+}
+# SendGrid passes on the receiving mail server's status: enhanced (5.1.1) or basic (550) SMTP codes.
+SMTP_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})")
+SMTP_TEXTS: dict[str, str] = {
+    "5.1.1": "Mail server: no such mailbox; the address does not exist.",
+    "5.2.2": "Mail server: the mailbox is full.",
+    "5.7.1": "Mail server: refused by policy (spam filtering or a blocklist).",
+    "421": "Mail server: unavailable for now; SendGrid retries.",
+    "450": "Mail server: mailbox unavailable for now; SendGrid retries.",
+    "550": "Mail server: mailbox unavailable or message refused.",
+    "552": "Mail server: mailbox full or message too large.",
+    "553": "Mail server: the address is not allowed.",
+    "554": "Mail server: the transaction failed (often spam filtering).",
+}
+
+
+def explain(code: str) -> str | None:
+    """What a code SendGrid gave us means to an operator (`code` stripped and lower-case): an event, a Mail
+    Send status, or the receiving server's SMTP status; None if it is none of those."""
+    known = ERROR_TEXTS.get(code) or SMTP_TEXTS.get(code)
+    if known is not None:
+        return known
+    enhanced = SMTP_ENHANCED.fullmatch(code)
+    if enhanced is None:
+        return None
+    if enhanced.group(1) == "5":
+        return f"Mail server: the message was rejected permanently (SMTP status {code})."
+    return f"Mail server: a temporary failure (SMTP status {code}); SendGrid retries."
 
 
 def send_failure(status: int) -> SendFailure:

@@ -90,6 +90,32 @@ class _SdkTransport(HttpClient):
         return Response(answer.status, answer.body.decode("utf-8", "replace"), answer.headers)
 
 
+# What Twilio's codes mean, in the operator's terms (the ops page's explanation of a nudge's error code).
+ERROR_TEXTS: dict[str, str] = {
+    "21211": "Twilio: the 'To' number is not a valid phone number.",
+    "21214": "Twilio: the 'To' number cannot be reached (not a working number).",
+    "21408": "Twilio: sending to this region is not enabled on the account.",
+    "21610": "Twilio: the recipient texted STOP to our number; Twilio refuses until they text START.",
+    "21614": "Twilio: the 'To' number is not a mobile number that can receive texts.",
+    "20003": "Twilio: authentication failed; check TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN.",
+    "20429": "Twilio: too many requests; we are sending faster than the account allows.",
+    "30001": "Twilio: queue overflow; too many messages queued for the sender.",
+    "30002": "Twilio: the account is suspended.",
+    "30003": "Carrier: the handset is unreachable (switched off or out of coverage).",
+    "30004": "Carrier: message blocked (the recipient or their carrier blocks it).",
+    "30005": "Carrier: unknown handset; the number may no longer exist.",
+    "30006": "Carrier: landline or unreachable carrier; this number cannot receive texts.",
+    "30007": "Carrier: message filtered as spam or as breaking carrier rules.",
+    "30008": "Carrier: unknown error delivering the message.",
+    "30034": "Carrier: the sender number is not registered for A2P 10DLC.",
+}
+
+
+def explain(code: str) -> str | None:
+    """What a Twilio error code means to an operator (`code` stripped and lower-case); None if not Twilio's."""
+    return ERROR_TEXTS.get(code)
+
+
 def send_failure(status: int, code: str) -> SendFailure:
     """What an error answer to a send means: by HTTP status first (429, 5xx are retried), then by code."""
     if status == 429:

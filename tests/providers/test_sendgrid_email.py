@@ -12,7 +12,7 @@ from service.domain.outbound import SendPlan, compose
 from service.domain.tokens import read_token
 from service.models import Channel, NudgeKind
 from service.programs import ProgramLibrary, load_programs
-from service.providers import OutboundEmail, OutcomeUnknown, ProviderError, SendFailure
+from service.providers import OutboundEmail, OutcomeUnknown, ProviderError, SendFailure, sendgrid_email
 from service.providers.sendgrid_email import SendGridEmail
 from service.settings import Settings
 from tests.support.fake_providers import FakeProviders
@@ -152,3 +152,11 @@ def test_one_keep_alive_connection_per_sending_thread(fake: FakeProviders, setti
         thread.join()
     records = fake.records("email")
     assert len(records) == 6 and len({r.peer for r in records}) == 2
+
+
+def test_sendgrid_explains_its_events_statuses_and_the_mail_servers_codes() -> None:
+    assert "bounce" in (sendgrid_email.explain("bounce") or "")
+    assert "SENDGRID_API_KEY" in (sendgrid_email.explain("401") or "")
+    assert "no such mailbox" in (sendgrid_email.explain("5.1.1") or "")
+    assert "rejected permanently" in (sendgrid_email.explain("5.9.9") or "")
+    assert sendgrid_email.explain("21610") is None, "a Twilio code"

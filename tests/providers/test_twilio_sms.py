@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from service.providers import OutboundSms, OutcomeUnknown, ProviderError, SendFailure
+from service.providers import OutboundSms, OutcomeUnknown, ProviderError, SendFailure, twilio_sms
 from service.providers.base import retry_after_seconds
 from service.providers.twilio_sms import TwilioSms
 from service.settings import Settings
@@ -129,3 +129,9 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert retry_after_seconds("soon") is None
     assert retry_after_seconds("999999") == 3600.0
     assert retry_after_seconds(None) is None
+
+
+def test_twilio_explains_its_own_codes_and_no_one_elses() -> None:
+    assert "STOP" in (twilio_sms.explain("21610") or "")
+    assert (twilio_sms.explain("30003") or "").startswith("Carrier:")
+    assert twilio_sms.explain("bounce") is None and twilio_sms.explain("429") is None, "SendGrid's, and shared"

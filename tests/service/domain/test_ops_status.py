@@ -8,7 +8,7 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from service.domain.ops_status import (
-    ERROR_MEANINGS,
+    UNKNOWN_CODE,
     channel_rates,
     consent_changes,
     control_state,
@@ -185,17 +185,30 @@ def test_provider_errors_with_meanings(db: Session, couple: Couple) -> None:
     assert errors.latest[0].meaning.startswith("Provider API: rate limited")
 
 
-@pytest.mark.parametrize("code", ["21211", "21214", "21610", "21614", "30003", "30004", "30005", "30006", "30007",
-                                  "30008", "bounce", "dropped", "deferred", "spamreport", "blocked"])
-def test_the_codes_operators_meet_have_a_meaning(code: str) -> None:
-    assert code in ERROR_MEANINGS
-    assert error_meaning(code) == ERROR_MEANINGS[code]
-    assert error_meaning(code.upper()) == ERROR_MEANINGS[code]
+@pytest.mark.parametrize(("channel", "code"), [
+    *(("sms", code) for code in ("21211", "21214", "21610", "21614", "30003", "30004", "30005", "30006", "30007",
+                                 "30008", "429", "connection", "outcome_unknown")),
+    *(("email", code) for code in ("bounce", "dropped", "deferred", "spamreport", "blocked", "401", "429",
+                                   "outcome_unknown")),
+])
+def test_the_codes_operators_meet_have_a_meaning(channel: str, code: str) -> None:
+    meaning = error_meaning(channel, code)
+    assert meaning and meaning != UNKNOWN_CODE
+    assert error_meaning(channel, code.upper()) == meaning
+    assert error_meaning(channel, f" {code} ") == meaning
 
 
 def test_unknown_codes_point_to_the_provider() -> None:
-    assert error_meaning("99999") == "See the provider's documentation for this code."
-    assert error_meaning(None) == ""
+    assert error_meaning("sms", "99999") == UNKNOWN_CODE == "See the provider's documentation for this code."
+    assert error_meaning("sms", None) == ""
+
+
+def test_a_code_is_explained_by_the_providers_of_its_channel() -> None:
+    """A SendGrid event name on a text is no SendGrid bounce; a Twilio code on an email is no Twilio code."""
+    assert error_meaning("email", "bounce").startswith("SendGrid")
+    assert error_meaning("sms", "bounce") == UNKNOWN_CODE
+    assert error_meaning("sms", "21610").startswith("Twilio")
+    assert error_meaning("email", "21610") == UNKNOWN_CODE
 
 
 def test_review_queue_lists_ids_not_words(db: Session, couple: Couple) -> None:
@@ -277,9 +290,10 @@ def test_every_query_on_a_big_table_uses_an_index(db: Session) -> None:
 
 
 @pytest.mark.parametrize(
-    ("code", "expected"),
-    [("5.1.1", "no such mailbox"), ("5.4.7", "rejected permanently (SMTP status 5.4.7)"),
-     ("4.2.0", "temporary failure"), ("550", "mailbox unavailable"), ("21211", "not a valid phone number")],
+    ("channel", "code", "expected"),
+    [("email", "5.1.1", "no such mailbox"), ("email", "5.4.7", "rejected permanently (SMTP status 5.4.7)"),
+     ("email", "4.2.0", "temporary failure"), ("email", "550", "mailbox unavailable"),
+     ("sms", "21211", "not a valid phone number")],
 )
-def test_mail_server_codes_from_sendgrid_have_a_meaning(code: str, expected: str) -> None:
-    assert expected in error_meaning(code)
+def test_mail_server_codes_from_sendgrid_have_a_meaning(channel: str, code: str, expected: str) -> None:
+    assert expected in error_meaning(channel, code)
