@@ -1,24 +1,24 @@
 """Delivery rules that act on a partner's schedule, and the providers' word on what happened next.
 
-Provider callbacks (Twilio status callbacks, SendGrid events) are stored once each, keyed by the
-provider's own event identity, and only ever move a nudge forward along `NUDGE_STATUS_RANK`: a repeated
-or late callback changes nothing. A callback may also settle a nudge whose worker died after the
-provider accepted it (the nudge id travels with the message), taking it out of operator review.
+Provider status reports (status callbacks, event webhooks), translated by their provider module into a
+`DeliveryReport`, are stored once each, keyed by the provider's own event identity, and only ever move
+a nudge forward along `NUDGE_STATUS_RANK`: a repeated or late report changes nothing. A report may also
+settle a nudge whose worker died after the provider accepted it (the nudge id travels with the
+message), taking it out of operator review.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.db import affected_rows, insert_or_ignore
-from service.domain.consent import set_consent
+from service.domain.consent import PROVIDER_STOPS, partners_by_phone, provider_stop, set_consent
 from service.domain.scheduling import local_date, send_instant
 from service.models import (
     NUDGE_STATUS_RANK,
@@ -31,6 +31,7 @@ from service.models import (
     Partner,
     PartnerSchedule,
 )
+from service.providers import DeliveryReport, DeliveryStatus
 
 log = logging.getLogger(__name__)
 
@@ -59,41 +60,13 @@ def skip_today(session: Session, partner: Partner, now: datetime) -> bool:
 
 # --- provider callbacks --------------------------------------------------------------------------
 
-TWILIO_STATUSES: dict[str, NudgeStatus] = {
-    "accepted": NudgeStatus.SENT,
-    "scheduled": NudgeStatus.SENT,
-    "queued": NudgeStatus.SENT,
-    "sending": NudgeStatus.SENT,
-    "sent": NudgeStatus.SENT,
-    "delivered": NudgeStatus.DELIVERED,
-    "read": NudgeStatus.DELIVERED,
-    "undelivered": NudgeStatus.UNDELIVERED,
-    "failed": NudgeStatus.FAILED,
-    "canceled": NudgeStatus.CANCELLED,
+NUDGE_STATUSES: dict[DeliveryStatus, NudgeStatus] = {
+    DeliveryStatus.SENT: NudgeStatus.SENT,
+    DeliveryStatus.DELIVERED: NudgeStatus.DELIVERED,
+    DeliveryStatus.UNDELIVERED: NudgeStatus.UNDELIVERED,
+    DeliveryStatus.FAILED: NudgeStatus.FAILED,
+    DeliveryStatus.CANCELLED: NudgeStatus.CANCELLED,
 }
-CARRIER_ERRORS = {
-    "30003": "unreachable destination handset",
-    "30004": "message blocked",
-    "30005": "unknown destination handset",
-    "30006": "landline or unreachable carrier",
-    "30007": "filtered by the carrier",
-    "30008": "unknown delivery error",
-}
-SENDGRID_STATUSES: dict[str, NudgeStatus] = {
-    "processed": NudgeStatus.SENT,
-    "delivered": NudgeStatus.DELIVERED,
-    "bounce": NudgeStatus.UNDELIVERED,
-    "dropped": NudgeStatus.FAILED,
-}
-# Events after which we stop emailing that partner, and what their email consent becomes.
-SENDGRID_SUPPRESSIONS: dict[str, ConsentState] = {
-    "bounce": ConsentState.BOUNCED,
-    "dropped": ConsentState.BOUNCED,
-    "spamreport": ConsentState.OPTED_OUT,
-    "unsubscribe": ConsentState.OPTED_OUT,
-    "group_unsubscribe": ConsentState.OPTED_OUT,
-}
-_DIGITS = re.compile(r"^\d{1,18}$")
 
 
 @dataclass(frozen=True)
@@ -145,88 +118,63 @@ def advance(
     return bool(moved)
 
 
-def apply_twilio_status(
-    session: Session, *, message_sid: str, status: str, error_code: str | None, nudge_hint: int | None,
-    now: datetime,
-) -> CallbackResult:
-    """A Twilio status callback (already authenticated)."""
-    nudge = session.scalars(select(Nudge).where(Nudge.provider_message_id == message_sid).limit(1)).first()
-    if nudge is None and nudge_hint is not None:
-        hinted = session.get(Nudge, nudge_hint)
-        if hinted is not None and hinted.channel == Channel.SMS and hinted.provider_message_id in (None, message_sid):
-            nudge = hinted
-    fresh = record_event_once(
-        session, provider="twilio", event_id=f"{message_sid}:{status}", message_id=message_sid,
-        nudge_id=nudge.id if nudge else None, event=status, error_code=error_code, occurred_at=now,
-    )
-    if not fresh or nudge is None or status not in TWILIO_STATUSES:
-        return CallbackResult(fresh=fresh, nudge_id=nudge.id if nudge else None)
-    target = TWILIO_STATUSES[status]
-    reason = None
-    if error_code:
-        reason = f"carrier error {error_code}: {CARRIER_ERRORS.get(error_code, 'see Twilio error codes')}"
-    elif nudge.needs_review:
-        reason = "settled by Twilio's status callback"
-    moved = advance(session, nudge.id, target, now=now, provider_message_id=message_sid,
-                    error_code=error_code, reason=reason)
-    return CallbackResult(fresh=True, nudge_id=nudge.id, moved_to=target if moved else None,
-                          channel=str(nudge.channel), kind=str(nudge.kind))
+def _reported_nudge(session: Session, report: DeliveryReport) -> Nudge | None:
+    """The nudge a report is about: by the message id the send stored, else by the nudge id the message
+    carried, if that nudge went on the report's channel and stored no other message id."""
+    if report.sent_message_id:
+        nudge = session.scalars(
+            select(Nudge).where(Nudge.provider_message_id == report.sent_message_id).limit(1)).first()
+        if nudge is not None:
+            return nudge
+    if report.nudge_id is None:
+        return None
+    hinted = session.get(Nudge, report.nudge_id)
+    if hinted is None or hinted.channel != report.channel:
+        return None
+    if report.sent_message_id is not None and hinted.provider_message_id not in (None, report.sent_message_id):
+        return None
+    return hinted
 
 
-def apply_sendgrid_event(session: Session, event: dict[str, Any], now: datetime) -> CallbackResult:
-    """One SendGrid Event Webhook event (the batch was already authenticated)."""
-    event_id = str(event.get("sg_event_id") or "")
-    kind = str(event.get("event") or "")
-    if not event_id or not kind:
-        raise ValueError("each event needs sg_event_id and event")
-    raw_nudge = str(event.get("nudge_id") or "")
-    nudge = session.get(Nudge, int(raw_nudge)) if _DIGITS.match(raw_nudge) else None
-    if nudge is not None and nudge.channel != Channel.EMAIL:
-        nudge = None
-    message_id = str(event.get("sg_message_id") or "") or None
-    occurred_at = _timestamp(event.get("timestamp")) or now
-    status_code = str(event.get("status") or "")[:32] or None
+def apply_delivery_status(session: Session, report: DeliveryReport, *, now: datetime) -> CallbackResult:
+    """A provider's status report (already authenticated, translated by its provider module).
+
+    Stored once by (provider, event id). A report with a status moves its nudge forward only; one with a
+    failure also keeps the vendor's code on the nudge; an opt-out or a hard bounce stops that channel for
+    the partner it concerns (the nudge's, else whoever has the reported address)."""
+    nudge = _reported_nudge(session, report)
     fresh = record_event_once(
-        session, provider="sendgrid", event_id=event_id, message_id=message_id,
-        nudge_id=nudge.id if nudge else None, event=kind, error_code=status_code, occurred_at=occurred_at,
+        session, provider=report.provider, event_id=report.event_id, message_id=report.message_id,
+        nudge_id=nudge.id if nudge else None, event=report.event, error_code=report.error_code,
+        occurred_at=report.occurred_at or now,
     )
     if not fresh:
         return CallbackResult(fresh=False, nudge_id=nudge.id if nudge else None)
     moved_to = None
-    is_block = kind == "bounce" and str(event.get("type") or "") == "blocked"
-    if nudge is not None and kind in SENDGRID_STATUSES:
-        target = SENDGRID_STATUSES[kind]
-        reason = f"sendgrid {kind}" + (f" ({status_code})" if status_code else "") if target in (
-            NudgeStatus.UNDELIVERED, NudgeStatus.FAILED) else None
-        if advance(session, nudge.id, target, now=now, error_code=status_code if reason else None, reason=reason):
+    if nudge is not None and report.status is not None:
+        target = NUDGE_STATUSES[report.status]
+        reason = report.reason
+        if reason is None and nudge.needs_review:
+            reason = f"settled by {report.provider}'s status report"
+        if advance(session, nudge.id, target, now=now, provider_message_id=report.sent_message_id,
+                   error_code=report.error_code if report.failure is not None else None, reason=reason):
             moved_to = target
     suppressed = False
-    if kind in SENDGRID_SUPPRESSIONS and not is_block:
-        partners = [nudge.partner] if nudge is not None else _partners_by_email(session, event.get("email"))
-        state = SENDGRID_SUPPRESSIONS[kind]
+    if report.failure in PROVIDER_STOPS:
+        partners = [nudge.partner] if nudge is not None else _partners_at(session, report.channel, report.address)
         for partner in partners:
-            if partner.email_consent in (ConsentState.CONFIRMED, ConsentState.PENDING):
-                set_consent(session, partner, Channel.EMAIL, state,
-                            action="bounced" if state is ConsentState.BOUNCED else "withdrawn",
-                            source="provider", source_detail=f"sendgrid {kind}", now=now)
-                suppressed = True
+            suppressed |= provider_stop(session, partner, report.channel, report.failure, detail=report.detail,
+                                        now=now)
     return CallbackResult(fresh=True, nudge_id=nudge.id if nudge else None, moved_to=moved_to, suppressed=suppressed,
                           channel=str(nudge.channel) if nudge else None, kind=str(nudge.kind) if nudge else None)
 
 
-def _partners_by_email(session: Session, email: object) -> list[Partner]:
-    if not isinstance(email, str) or "@" not in email or len(email) > 320:
+def _partners_at(session: Session, channel: Channel, address: str | None) -> list[Partner]:
+    if not address:
         return []
-    return list(session.scalars(select(Partner).where(Partner.email == email.strip())))
-
-
-def _timestamp(value: object) -> datetime | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        return datetime.fromtimestamp(value, UTC)
-    except (OverflowError, OSError, ValueError):
-        return None
+    if channel is Channel.SMS:
+        return partners_by_phone(session, address)
+    return list(session.scalars(select(Partner).where(Partner.email == address)))
 
 
 def unsubscribe_email(session: Session, partner: Partner, *, source_detail: str, now: datetime) -> bool:

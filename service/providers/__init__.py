@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from service.db import Database
 from service.providers import base
 from service.providers.base import (
+    DeliveryReport,
+    DeliveryStatus,
     EmailSender,
     OutboundEmail,
     OutboundSms,
@@ -27,6 +29,8 @@ from service.providers.console import ConsoleEmail, ConsoleSms
 from service.settings import Settings
 
 __all__ = [
+    "DeliveryReport",
+    "DeliveryStatus",
     "EmailSender",
     "OutboundEmail",
     "OutboundSms",

@@ -6,7 +6,10 @@ import email.utils
 import enum
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
+
+from service.models import Channel
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,41 @@ class OutcomeUnknown(ProviderError):
 
     def __init__(self, message: str, *, provider: str) -> None:
         super().__init__(message, provider=provider, code="outcome_unknown", failure=SendFailure.OUTCOME_UNKNOWN)
+
+
+class DeliveryStatus(enum.StrEnum):
+    """Where a message a provider took got to, as its status report says."""
+
+    SENT = "sent"  # accepted and on its way
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"  # the carrier or the receiving mail server refused it
+    FAILED = "failed"  # the provider never sent it
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """One status report (a callback, an event) about a message a provider took, in Closer's terms.
+
+    A webhook view has the provider module translate what the vendor posted, and hands the report to
+    `service.domain.delivery.apply_delivery_status`; the domain reads no vendor's status names or codes."""
+
+    provider: str  # the name our records give the provider
+    channel: Channel
+    event_id: str  # the provider's identity of this report: each is applied once
+    event: str  # the provider's own name for what happened, kept with the record
+    message_id: str | None = None  # the provider's id of the message, as the report gives it
+    # The id as the send returned it (and the nudge stored it), when the report carries that: the nudge is
+    # found by it first, and a nudge named by `nudge_id` that stored another id is not this message's.
+    sent_message_id: str | None = None
+    nudge_id: int | None = None  # the nudge id the message carried (in its callback URL, a custom argument)
+    status: DeliveryStatus | None = None  # None: nothing to move (an open, a deferral, an unsubscribe)
+    error_code: str | None = None  # the vendor's code: kept with the record, and on the nudge with a failure
+    failure: SendFailure | None = None  # what went wrong, if anything did
+    reason: str | None = None  # the nudge's status reason when the report moves it
+    detail: str = ""  # the provider's word as a consent record names it ("sendgrid bounce")
+    address: str | None = None  # the recipient: whom a stop concerns when the report names no nudge of ours
+    occurred_at: datetime | None = None  # None: when it was received
 
 
 # Codes any provider module may record: the seam's own (no connection, no answer) and plain HTTP statuses.

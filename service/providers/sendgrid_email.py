@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import (
@@ -31,7 +32,10 @@ from sendgrid.helpers.mail import (
     To,
 )
 
+from service.models import Channel
 from service.providers.base import (
+    DeliveryReport,
+    DeliveryStatus,
     OutboundEmail,
     OutcomeUnknown,
     ProviderError,
@@ -85,6 +89,61 @@ def explain(code: str) -> str | None:
     if enhanced.group(1) == "5":
         return f"Mail server: the message was rejected permanently (SMTP status {code})."
     return f"Mail server: a temporary failure (SMTP status {code}); SendGrid retries."
+
+
+# Event Webhook events that say where a message got to.
+EVENT_STATUSES: dict[str, DeliveryStatus] = {
+    "processed": DeliveryStatus.SENT,
+    "delivered": DeliveryStatus.DELIVERED,
+    "bounce": DeliveryStatus.UNDELIVERED,
+    "dropped": DeliveryStatus.FAILED,
+}
+# Events after which nothing more may go to the address (a blocked bounce is no such event: see below).
+EVENT_FAILURES: dict[str, SendFailure] = {
+    "bounce": SendFailure.BOUNCED,
+    "dropped": SendFailure.BOUNCED,  # SendGrid drops what goes to an address that bounced or opted out before
+    "spamreport": SendFailure.OPTED_OUT,
+    "unsubscribe": SendFailure.OPTED_OUT,
+    "group_unsubscribe": SendFailure.OPTED_OUT,
+}
+_DIGITS = re.compile(r"^\d{1,18}$")
+
+
+def event_report(event: dict[str, Any]) -> DeliveryReport:
+    """One Event Webhook event (its batch authenticated) in Closer's terms; ValueError when it lacks the
+    event's identity or name. The nudge is found by the nudge id our send gave as a custom argument:
+    sg_message_id extends the X-Message-Id the send returned, so it names no stored message."""
+    event_id = str(event.get("sg_event_id") or "")
+    kind = str(event.get("event") or "")
+    if not event_id or not kind:
+        raise ValueError("each event needs sg_event_id and event")
+    raw_nudge = str(event.get("nudge_id") or "")
+    status = EVENT_STATUSES.get(kind)
+    status_code = str(event.get("status") or "")[:32] or None
+    # A block (type "blocked") is the receiving server refusing us, often for reputation: not the address.
+    blocked = kind == "bounce" and str(event.get("type") or "") == "blocked"
+    failure = SendFailure.REJECTED if blocked else EVENT_FAILURES.get(kind)
+    reason = None
+    if status in (DeliveryStatus.UNDELIVERED, DeliveryStatus.FAILED):
+        reason = f"{SENDGRID} {kind}" + (f" ({status_code})" if status_code else "")
+    email = event.get("email")
+    return DeliveryReport(
+        provider=SENDGRID, channel=Channel.EMAIL, event_id=event_id, event=kind,
+        message_id=str(event.get("sg_message_id") or "") or None,
+        nudge_id=int(raw_nudge) if _DIGITS.match(raw_nudge) else None, status=status, error_code=status_code,
+        failure=failure, reason=reason, detail=f"{SENDGRID} {kind}",
+        address=email.strip() if isinstance(email, str) and "@" in email and len(email) <= 320 else None,
+        occurred_at=_timestamp(event.get("timestamp")),
+    )
+
+
+def _timestamp(value: object) -> datetime | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def send_failure(status: int) -> SendFailure:

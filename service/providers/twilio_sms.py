@@ -27,7 +27,10 @@ from twilio.http import HttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
+from service.models import Channel
 from service.providers.base import (
+    DeliveryReport,
+    DeliveryStatus,
     OutboundSms,
     OutcomeUnknown,
     ProviderError,
@@ -37,16 +40,41 @@ from service.providers.base import (
 )
 from service.providers.transport import GateClosed, KeepAlive, NoAnswer, NotSent
 
-__all__ = ["TWILIO", "OutcomeUnknown", "TwilioSms", "send_failure"]
+__all__ = ["STATUSES", "TWILIO", "OutcomeUnknown", "TwilioSms", "explain", "send_failure", "status_report"]
 
 TWILIO = "twilio"  # the provider's name in our records (nudges, inbound messages, delivery events, consent)
 STATUS_CALLBACK_PATH = "/webhooks/twilio/status"  # service/web/webhooks/twilio_status.py listens there
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-# Twilio error codes whose meaning is not the default for their HTTP status (`rejected` for a 4xx).
+# Twilio error codes whose meaning is not the default (`rejected`, or the HTTP status's when sending).
 CODE_FAILURES: dict[str, SendFailure] = {
     "21610": SendFailure.OPTED_OUT,  # the recipient texted STOP to our number
     "21211": SendFailure.INVALID_ADDRESS,  # not a valid phone number
     "21614": SendFailure.INVALID_ADDRESS,  # not a mobile number
+    "30003": SendFailure.UNREACHABLE,  # the handset is switched off or out of coverage
+    "30005": SendFailure.INVALID_ADDRESS,  # unknown handset
+    "30006": SendFailure.INVALID_ADDRESS,  # a landline, or a carrier that cannot take texts
+}
+# A status callback's MessageStatus, and where the message got to.
+STATUSES: dict[str, DeliveryStatus] = {
+    "accepted": DeliveryStatus.SENT,
+    "scheduled": DeliveryStatus.SENT,
+    "queued": DeliveryStatus.SENT,
+    "sending": DeliveryStatus.SENT,
+    "sent": DeliveryStatus.SENT,
+    "delivered": DeliveryStatus.DELIVERED,
+    "read": DeliveryStatus.DELIVERED,
+    "undelivered": DeliveryStatus.UNDELIVERED,
+    "failed": DeliveryStatus.FAILED,
+    "canceled": DeliveryStatus.CANCELLED,
+}
+# The carrier's error codes a status callback carries, as a nudge's status reason gives them.
+CARRIER_REASONS: dict[str, str] = {
+    "30003": "unreachable destination handset",
+    "30004": "message blocked",
+    "30005": "unknown destination handset",
+    "30006": "landline or unreachable carrier",
+    "30007": "filtered by the carrier",
+    "30008": "unknown delivery error",
 }
 
 _sdk_log = logging.getLogger("service.providers.twilio.http")
@@ -123,6 +151,21 @@ def send_failure(status: int, code: str) -> SendFailure:
     if status >= 500:
         return SendFailure.TEMPORARY
     return CODE_FAILURES.get(code, SendFailure.REJECTED)
+
+
+def status_report(*, message_sid: str, status: str, error_code: str | None, nudge_hint: int | None) -> DeliveryReport:
+    """A status callback (authenticated, its fields checked; `status` one of STATUSES) in Closer's terms.
+
+    Each (MessageSid, MessageStatus) is one report; the nudge id comes from our callback URL."""
+    failure = CODE_FAILURES.get(error_code, SendFailure.REJECTED) if error_code else None
+    reason = None
+    if error_code:
+        reason = f"carrier error {error_code}: {CARRIER_REASONS.get(error_code, 'see Twilio error codes')}"
+    return DeliveryReport(
+        provider=TWILIO, channel=Channel.SMS, event_id=f"{message_sid}:{status}", event=status,
+        message_id=message_sid, sent_message_id=message_sid, nudge_id=nudge_hint, status=STATUSES.get(status),
+        error_code=error_code, failure=failure, reason=reason, detail=f"{TWILIO} {error_code or status}",
+    )
 
 
 class TwilioSms:

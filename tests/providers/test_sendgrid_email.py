@@ -12,7 +12,14 @@ from service.domain.outbound import SendPlan, compose
 from service.domain.tokens import read_token
 from service.models import Channel, NudgeKind
 from service.programs import ProgramLibrary, load_programs
-from service.providers import OutboundEmail, OutcomeUnknown, ProviderError, SendFailure, sendgrid_email
+from service.providers import (
+    DeliveryStatus,
+    OutboundEmail,
+    OutcomeUnknown,
+    ProviderError,
+    SendFailure,
+    sendgrid_email,
+)
 from service.providers.sendgrid_email import SendGridEmail
 from service.settings import Settings
 from tests.support.fake_providers import FakeProviders
@@ -160,3 +167,31 @@ def test_sendgrid_explains_its_events_statuses_and_the_mail_servers_codes() -> N
     assert "no such mailbox" in (sendgrid_email.explain("5.1.1") or "")
     assert "rejected permanently" in (sendgrid_email.explain("5.9.9") or "")
     assert sendgrid_email.explain("21610") is None, "a Twilio code"
+
+
+@pytest.mark.parametrize(("event", "status", "failure"), [
+    ({"event": "processed"}, DeliveryStatus.SENT, None),
+    ({"event": "delivered"}, DeliveryStatus.DELIVERED, None),
+    ({"event": "bounce", "status": "5.1.1"}, DeliveryStatus.UNDELIVERED, SendFailure.BOUNCED),
+    ({"event": "bounce", "type": "blocked", "status": "4.7.1"}, DeliveryStatus.UNDELIVERED, SendFailure.REJECTED),
+    ({"event": "dropped"}, DeliveryStatus.FAILED, SendFailure.BOUNCED),
+    ({"event": "spamreport"}, None, SendFailure.OPTED_OUT),
+    ({"event": "unsubscribe"}, None, SendFailure.OPTED_OUT),
+    ({"event": "open"}, None, None),
+])
+def test_an_event_reads_as_a_report_in_closers_terms(
+    event: dict[str, str], status: DeliveryStatus | None, failure: SendFailure | None
+) -> None:
+    report = sendgrid_email.event_report({"sg_event_id": "e1", "sg_message_id": "m1.filter0001", "nudge_id": "42",
+                                          "email": " alex@example.test ", "timestamp": 1700000000, **event})
+    assert (report.provider, report.channel, report.event_id, report.event) == ("sendgrid", "email", "e1",
+                                                                                event["event"])
+    assert (report.status, report.failure, report.detail) == (status, failure, f"sendgrid {event['event']}")
+    assert (report.message_id, report.sent_message_id, report.nudge_id) == ("m1.filter0001", None, 42)
+    assert report.address == "alex@example.test" and report.occurred_at is not None
+    assert report.error_code == event.get("status")
+
+
+def test_an_event_without_its_identity_is_refused() -> None:
+    with pytest.raises(ValueError, match="sg_event_id"):
+        sendgrid_email.event_report({"event": "delivered"})

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from service.providers import OutboundSms, OutcomeUnknown, ProviderError, SendFailure, twilio_sms
+from service.providers import DeliveryStatus, OutboundSms, OutcomeUnknown, ProviderError, SendFailure, twilio_sms
 from service.providers.base import retry_after_seconds
 from service.providers.twilio_sms import TwilioSms
 from service.settings import Settings
@@ -135,3 +135,19 @@ def test_twilio_explains_its_own_codes_and_no_one_elses() -> None:
     assert "STOP" in (twilio_sms.explain("21610") or "")
     assert (twilio_sms.explain("30003") or "").startswith("Carrier:")
     assert twilio_sms.explain("bounce") is None and twilio_sms.explain("429") is None, "SendGrid's, and shared"
+
+
+def test_a_status_callback_reads_as_a_report_in_closers_terms() -> None:
+    sid = "SM" + "a" * 32
+    report = twilio_sms.status_report(message_sid=sid, status="undelivered", error_code="30003", nudge_hint=7)
+    assert (report.provider, report.channel, report.event_id, report.event) == ("twilio", "sms", f"{sid}:undelivered",
+                                                                                "undelivered")
+    assert (report.sent_message_id, report.nudge_id, report.status) == (sid, 7, DeliveryStatus.UNDELIVERED)
+    assert (report.error_code, report.failure) == ("30003", SendFailure.UNREACHABLE)
+    assert report.reason == "carrier error 30003: unreachable destination handset"
+    stop = twilio_sms.status_report(message_sid=sid, status="failed", error_code="21610", nudge_hint=None)
+    assert (stop.failure, stop.detail) == (SendFailure.OPTED_OUT, "twilio 21610")
+    odd = twilio_sms.status_report(message_sid=sid, status="failed", error_code="12345", nudge_hint=None)
+    assert (odd.failure, odd.reason) == (SendFailure.REJECTED, "carrier error 12345: see Twilio error codes")
+    fine = twilio_sms.status_report(message_sid=sid, status="read", error_code=None, nudge_hint=None)
+    assert (fine.status, fine.failure, fine.reason) == (DeliveryStatus.DELIVERED, None, None)

@@ -3,7 +3,8 @@
 The ECDSA signature over the timestamp header and the raw body is checked with the SDK's
 `EventWebhook` and SENDGRID_EVENT_PUBLIC_KEY; without a key, or with a bad signature, the answer is 403
 and nothing changes. Each event is stored once by `sg_event_id`, so SendGrid's retries (and replays of a
-signed batch) are harmless. bounce, dropped, spamreport and unsubscribe stop email to that partner.
+signed batch) are harmless. `sendgrid_email.event_report` reads each event in Closer's terms and
+`apply_delivery_status` acts on it: bounce, dropped, spamreport and unsubscribe stop email to that partner.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from flask.typing import ResponseReturnValue
 from sendgrid.helpers.eventwebhook import EventWebhook
 from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
 
-from service.domain.delivery import apply_sendgrid_event
+from service.domain.delivery import apply_delivery_status
+from service.providers.sendgrid_email import event_report
 from service.telemetry import count_callback_outcomes
 from service.web.context import current_runtime, db_session
 from service.web.webhooks import bp
@@ -66,10 +68,11 @@ def sendgrid_events() -> ResponseReturnValue:
     results = []
     for event in events:
         try:
-            result = apply_sendgrid_event(session, event, now)
+            report = event_report(event)
         except ValueError as exc:
             session.rollback()
             abort(400, str(exc))
+        result = apply_delivery_status(session, report, now=now)
         results.append(result)
         counts["fresh" if result.fresh else "repeated"] += 1
         counts["suppressed"] += int(result.suppressed)

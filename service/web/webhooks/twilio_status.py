@@ -1,9 +1,11 @@
 """POST /webhooks/twilio/status: Twilio's status callbacks for the texts we sent.
 
 The X-Twilio-Signature is checked against PUBLIC_BASE_URL plus the path and query (the query carries
-our nudge id) and every POSTed field: anything else gets 403 and changes nothing. Each (MessageSid,
-MessageStatus) is stored once, and a nudge only ever moves forward: queued/sent, then delivered,
-undelivered or failed (carrier error codes 30003 to 30008 are kept).
+our nudge id) and every POSTed field: anything else gets 403 and changes nothing. The fields are checked
+here; `twilio_sms.status_report` reads them in Closer's terms (where the message got to, what a carrier
+error code means) and `apply_delivery_status` acts on that. Each (MessageSid, MessageStatus) is stored
+once, and a nudge only ever moves forward: queued/sent, then delivered, undelivered or failed (with the
+carrier's error code kept); a 21610 (the number texted STOP) stops texts to it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from flask import abort, request
 from flask.typing import ResponseReturnValue
 from twilio.request_validator import RequestValidator
 
-from service.domain.delivery import TWILIO_STATUSES, apply_twilio_status
+from service.domain.delivery import apply_delivery_status
+from service.providers.twilio_sms import STATUSES, status_report
 from service.settings import Settings
 from service.telemetry import count_callback_outcomes
 from service.web.context import current_runtime, db_session
@@ -55,15 +58,16 @@ def twilio_status() -> ResponseReturnValue:
     hint = request.args.get("nudge", "")
     if not MESSAGE_SID.match(sid):
         abort(400, "MessageSid must be SM or MM and 32 hexadecimal digits.")
-    if status not in TWILIO_STATUSES:
-        abort(400, f"MessageStatus must be one of {', '.join(sorted(TWILIO_STATUSES))}.")
+    if status not in STATUSES:
+        abort(400, f"MessageStatus must be one of {', '.join(sorted(STATUSES))}.")
     if error_code is not None and not ERROR_CODE.match(error_code):
         abort(400, "ErrorCode must be a number.")
     if hint and not NUDGE_ID.match(hint):
         abort(400, "The nudge parameter must be a number.")
     session = db_session()
-    result = apply_twilio_status(session, message_sid=sid, status=status, error_code=error_code,
-                                 nudge_hint=int(hint) if hint else None, now=datetime.now(UTC))
+    report = status_report(message_sid=sid, status=status, error_code=error_code,
+                           nudge_hint=int(hint) if hint else None)
+    result = apply_delivery_status(session, report, now=datetime.now(UTC))
     session.commit()
     count_callback_outcomes(current_runtime(), [result])
     if result.fresh:

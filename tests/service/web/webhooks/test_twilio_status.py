@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from twilio.request_validator import RequestValidator
 
-from service.models import DeliveryEvent, Nudge, NudgeKind, NudgeStatus
+from service.models import Channel, ConsentRecord, ConsentState, DeliveryEvent, Nudge, NudgeKind, NudgeStatus
 from service.runtime import Runtime
 from service.settings import Settings
 from tests.factories import make_couple, make_sent_prompt
@@ -79,6 +79,21 @@ def test_carrier_errors_end_the_nudge_undelivered_with_the_code(
     assert nudge.status == NudgeStatus.UNDELIVERED and nudge.error_code == code
     assert nudge.status_reason is not None and code in nudge.status_reason
     assert db.scalar(select(DeliveryEvent.error_code)) == code
+
+
+def test_a_failure_because_the_number_opted_out_stops_texts_to_it(
+    client: FlaskClient, db: Session, settings: Settings
+) -> None:
+    """With a Messaging Service, Twilio accepts the send and reports 21610 (the number texted STOP) later."""
+    nudge = make_sent_prompt(db, make_couple(db).partners[0])
+    assert post_signed(client, settings, callback(nudge, "failed", ErrorCode="21610")) == 204
+    db.refresh(nudge)
+    db.refresh(nudge.partner)
+    assert (nudge.status, nudge.error_code) == (NudgeStatus.FAILED, "21610")
+    assert nudge.partner.consent(Channel.SMS) is ConsentState.OPTED_OUT
+    assert nudge.partner.consent(Channel.EMAIL) is ConsentState.CONFIRMED
+    record = db.scalars(select(ConsentRecord).order_by(ConsentRecord.id.desc())).first()
+    assert record is not None and (record.source, record.source_detail) == ("provider", "twilio 21610")
 
 
 def test_failed_after_delivered_changes_nothing(client: FlaskClient, db: Session, settings: Settings) -> None:
