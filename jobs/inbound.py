@@ -17,6 +17,7 @@ from service import spool
 from service.domain.email_replies import InboundEmailError, parse_inbound, receive_email
 from service.domain.inbound import InboundSms, queue_late_answer, receive_sms
 from service.models import NudgeStatus
+from service.providers.twilio_sms import TWILIO
 from service.queues import enqueue_nudges
 from service.runtime import Runtime
 
@@ -25,8 +26,9 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Session, Runtime, dict[str, Any]], list[int]]
 
 
-def _twilio_sms(session: Session, runtime: Runtime, payload: dict[str, Any]) -> list[int]:
-    payload = {**payload, "media_types": tuple(payload.get("media_types", ()))}
+def _spooled_sms(session: Session, runtime: Runtime, payload: dict[str, Any]) -> list[int]:
+    # A text spooled before InboundSms named its provider has none: that kind of record is TWILIO's.
+    payload = {"provider": TWILIO, **payload, "media_types": tuple(payload.get("media_types", ()))}
     message = InboundSms(**payload)
     now = datetime.now(UTC)
     result = receive_sms(session, message, settings=runtime.settings, programs=runtime.programs, now=now)
@@ -38,7 +40,7 @@ def _twilio_sms(session: Session, runtime: Runtime, payload: dict[str, Any]) -> 
     return result.nudge_ids
 
 
-def _sendgrid_inbound(session: Session, runtime: Runtime, payload: dict[str, Any]) -> list[int]:
+def _spooled_email(session: Session, runtime: Runtime, payload: dict[str, Any]) -> list[int]:
     try:
         email = parse_inbound(payload)
     except InboundEmailError:
@@ -49,8 +51,8 @@ def _sendgrid_inbound(session: Session, runtime: Runtime, payload: dict[str, Any
 
 
 HANDLERS: dict[str, Handler] = {
-    spool.TWILIO_SMS: _twilio_sms,
-    spool.SENDGRID_INBOUND: _sendgrid_inbound,
+    spool.TWILIO_SMS: _spooled_sms,
+    spool.SENDGRID_INBOUND: _spooled_email,
 }
 
 

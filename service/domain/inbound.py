@@ -38,12 +38,13 @@ UNCONFIRMED_TEXT = "Thanks! Reply YES to confirm your Closer prompts first, then
 
 @dataclass(frozen=True)
 class InboundSms:
-    message_sid: str
+    message_sid: str  # the provider's id of the message: each is acted on once
     from_number: str
     to_number: str
     body: str
     num_media: int = 0
     media_types: tuple[str, ...] = ()
+    provider: str = field(kw_only=True)  # the name our records give the provider that received it
 
 
 @dataclass
@@ -76,7 +77,7 @@ def receive_sms(
     five or more. A keyword then acts on consent and schedules through the ORM."""
     command = classify(message.body) if message.num_media == 0 or message.body.strip() else None
     claimed = replies.claim_sms(
-        session, message_id=message.message_sid, phone=message.from_number,
+        session, provider=message.provider, message_id=message.message_sid, phone=message.from_number,
         keyword=command.keyword if command else None, body=message.body, media_count=message.num_media,
         media_types=message.media_types, programs=programs, now=now,
     )
@@ -121,9 +122,9 @@ def _receive_reply(
 def queue_late_answer(session: Session, message: InboundSms, answer: str, now: datetime) -> Nudge | None:
     """The answer to a keyword whose text waited in the spool, as a message of its own.
 
-    Twilio is no longer waiting for TwiML by then, so the answer (a LOG link, a HELP text, a YES
-    welcome) is queued like any other message: to a confirmed partner only (an opted-out number gets
-    nothing; Twilio answers STOP itself), outside quiet hours, once per inbound text (the unique
+    The provider is no longer waiting for an answer to the webhook by then, so the answer (a LOG link, a
+    HELP text, a YES welcome) is queued like any other message: to a confirmed partner only (an opted-out
+    number gets nothing; the provider answers STOP itself), outside quiet hours, once per inbound text (the unique
     nudge key carries the inbound message's id, and a replay of the same text is a duplicate anyway).
     """
     partner_id = replies.addressed_partner_id(session, message.from_number)
@@ -133,7 +134,7 @@ def queue_late_answer(session: Session, message: InboundSms, answer: str, now: d
     enrollment = _active_enrollment(partner) or (partner.couple.enrollments[-1] if partner.couple.enrollments
                                                  else None)
     inbound_id = session.scalar(select(InboundMessage.id).where(
-        InboundMessage.provider == "twilio", InboundMessage.provider_message_id == message.message_sid))
+        InboundMessage.provider == message.provider, InboundMessage.provider_message_id == message.message_sid))
     if enrollment is None or inbound_id is None:
         return None
     when = next_allowed_instant(partner, now)

@@ -190,8 +190,8 @@ def addressed_partner_id(session: Session, phone: str) -> int | None:
 
 
 def claim_sms(
-    session: Session, *, message_id: str, phone: str, keyword: str | None, body: str, media_count: int,
-    media_types: Sequence[str], programs: ProgramLibrary, now: datetime,
+    session: Session, *, provider: str, message_id: str, phone: str, keyword: str | None, body: str,
+    media_count: int, media_types: Sequence[str], programs: ProgramLibrary, now: datetime,
 ) -> ClaimedSms:
     """Claim an inbound text and, when it is a reply (no `keyword`) from a confirmed partner, store it.
 
@@ -199,7 +199,7 @@ def claim_sms(
     """
     session.flush()  # rows the caller added in this transaction must be visible to the statement
     row = session.connection().exec_driver_sql(_CLAIM_SMS, {
-        "phone": phone, "provider": "twilio", "sid": message_id, "channel": Channel.SMS.value, "now": now,
+        "phone": phone, "provider": provider, "sid": message_id, "channel": Channel.SMS.value, "now": now,
         "keyword": keyword, "windows": _reply_windows(programs),
         **_entry_values(None if keyword is not None else body, media_count, media_types),
     }).one()

@@ -42,7 +42,8 @@ def simulate_reply() -> ResponseReturnValue:
     result = receive_sms(
         session,
         InboundSms(message_sid="SMdev" + uuid.uuid4().hex[:27], from_number=phone,
-                   to_number=runtime.settings.twilio_from_number or "+15550000000", body=body),
+                   to_number=runtime.settings.twilio_from_number or "+15550000000", body=body,
+                   provider=runtime.providers.sms.name),
         settings=runtime.settings, programs=runtime.programs, now=datetime.now(UTC),
     )
     commit_then_enqueue(session, runtime, result.nudge_ids)

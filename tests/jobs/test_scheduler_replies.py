@@ -11,6 +11,7 @@ from jobs.scheduler import run_pass
 from service import spool
 from service.domain.inbound import InboundSms, receive_sms
 from service.models import ControlFlag, LogEntry, Nudge, NudgeKind
+from service.providers.twilio_sms import TWILIO
 from service.runtime import Runtime
 from tests.factories import make_couple, make_sent_prompt
 
@@ -35,7 +36,7 @@ def test_pass_plans_a_soft_reply_reminder(db: Session, runtime: Runtime) -> None
     alex, sam = couple.partners
     for partner in (alex, sam):
         make_sent_prompt(db, partner, step_day=5, sent_at=sent)  # appreciation day 5 is a reveal step
-    receive_sms(db, InboundSms("SM" + "9" * 32, alex.phone_e164 or "", "+15550000000", "my answer"),
+    receive_sms(db, InboundSms("SM" + "9" * 32, alex.phone_e164 or "", "+15550000000", "my answer", provider=TWILIO),
                 settings=runtime.settings, programs=runtime.programs, now=sent + timedelta(hours=1))
     db.commit()
     run_pass(runtime, sent + timedelta(hours=11))

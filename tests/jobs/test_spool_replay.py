@@ -12,10 +12,15 @@ import subprocess
 import sys
 from dataclasses import asdict
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from jobs.inbound import HANDLERS
 from service import spool
 from service.domain.inbound import InboundSms
-from service.models import Channel, ConsentState, Partner
+from service.models import Channel, ConsentState, InboundMessage, Partner
+from service.providers.twilio_sms import TWILIO
+from service.runtime import Runtime
 from tests.factories import make_couple
 from tests.support.sending import ROOT, Scratch
 
@@ -47,7 +52,8 @@ def test_a_runtime_built_without_any_view_replays_a_spooled_text(scratch: Scratc
     finally:
         session.close()
     assert phone
-    text = InboundSms(message_sid="SM" + "5" * 32, from_number=phone, to_number="+15550000000", body="STOP")
+    text = InboundSms(message_sid="SM" + "5" * 32, from_number=phone, to_number="+15550000000", body="STOP",
+                      provider=TWILIO)
     spool.spool_inbound(scratch.runtime.redis, spool.TWILIO_SMS, asdict(text))
 
     done = subprocess.run([sys.executable, "-c", REPLAY], env=scratch.worker_env("http://127.0.0.1:9"), cwd=ROOT,
@@ -62,3 +68,12 @@ def test_a_runtime_built_without_any_view_replays_a_spooled_text(scratch: Scratc
     finally:
         session.close()
     assert report["loaded"] == [], "no view, no Flask app, not even Flask was imported to replay it"
+
+
+def test_a_text_spooled_before_it_named_its_provider_replays_as_twilios(db: Session, runtime: Runtime) -> None:
+    partner = make_couple(db).partners[0]
+    payload = {"message_sid": "SM" + "6" * 32, "from_number": partner.phone_e164, "to_number": "+15550000000",
+               "body": "my answer", "num_media": 0, "media_types": []}
+    HANDLERS[spool.TWILIO_SMS](db, runtime, payload)
+    assert db.scalar(select(InboundMessage.provider).where(
+        InboundMessage.provider_message_id == payload["message_sid"])) == TWILIO

@@ -27,6 +27,7 @@ from werkzeug.datastructures import MultiDict
 from service import spool
 from service.domain.inbound import InboundSms, receive_sms
 from service.models import mask_phone
+from service.providers.twilio_sms import TWILIO
 from service.queues import QUEUE_HIGH, enqueue_committed
 from service.settings import Settings
 from service.web.context import current_runtime, db_session
@@ -95,7 +96,7 @@ def parse_inbound_sms(form: MultiDict[str, str]) -> InboundSms:
         media_types.append(media_type.lower())
     # A NUL cannot be stored or shown; dropping it keeps the rest of the partner's words.
     return InboundSms(message_sid=sid, from_number=from_number, to_number=to_number, body=body.replace("\x00", ""),
-                      num_media=num_media, media_types=tuple(media_types))
+                      num_media=num_media, media_types=tuple(media_types), provider=TWILIO)
 
 
 def _e164(raw: str) -> str | None:

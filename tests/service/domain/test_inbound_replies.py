@@ -14,6 +14,7 @@ from service.crypto import token_digest
 from service.domain.inbound import PAUSE_FOREVER, InboundSms, receive_sms
 from service.domain.keywords import classify
 from service.models import LogEntry, PartnerSchedule
+from service.providers.twilio_sms import TWILIO
 from service.runtime import Runtime
 from tests.factories import make_couple, make_sent_prompt
 
@@ -23,7 +24,7 @@ NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 def _sms(phone: str | None, body: str, sid: str = "SM" + "a" * 32, media: int = 0) -> InboundSms:
     assert phone is not None
     return InboundSms(message_sid=sid, from_number=phone, to_number="+15550000000", body=body, num_media=media,
-                      media_types=("image/jpeg",) * media)
+                      media_types=("image/jpeg",) * media, provider=TWILIO)
 
 
 def _receive(db: Session, runtime: Runtime, message: InboundSms, now: datetime = NOW):  # type: ignore[no-untyped-def]

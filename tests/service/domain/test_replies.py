@@ -34,6 +34,7 @@ from service.models import (
     Partner,
 )
 from service.programs import ProgramLibrary
+from service.providers.twilio_sms import TWILIO
 from service.runtime import Runtime
 from service.settings import Settings
 from tests.factories import make_couple, make_sent_prompt, next_phone
@@ -48,7 +49,7 @@ REVEAL_DAY = 5  # appreciation day 5 is a reveal step
 def _sms(phone: str | None, body: str = BODY, sid: str = SID, media: int = 0) -> InboundSms:
     assert phone is not None
     return InboundSms(message_sid=sid, from_number=phone, to_number="+15550000000", body=body, num_media=media,
-                      media_types=("image/png",) * media)
+                      media_types=("image/png",) * media, provider=TWILIO)
 
 
 def _receive(db: Session, runtime: Runtime, message: InboundSms,

@@ -14,6 +14,7 @@ from service.domain.reveal import plan_reply_reminders
 from service.domain.scheduling import next_allowed_for
 from service.domain.shared_log import build_log
 from service.models import Couple, InboundMessage, Nudge, NudgeKind, NudgeStatus, Partner
+from service.providers.twilio_sms import TWILIO
 from service.runtime import Runtime
 from service.web.context import runtime_of
 from tests.factories import make_couple, make_sent_prompt
@@ -24,7 +25,7 @@ AFTERNOON = datetime(2026, 11, 25, 19, 0, tzinfo=UTC)  # 14:00 in New York
 
 def _reply(db: Session, runtime: Runtime, phone: str | None, body: str, sid: str, now: datetime) -> list[int]:
     assert phone
-    result = receive_sms(db, InboundSms(sid, phone, "+15550000000", body), settings=runtime.settings,
+    result = receive_sms(db, InboundSms(sid, phone, "+15550000000", body, provider=TWILIO), settings=runtime.settings,
                          programs=runtime.programs, now=now)
     return result.nudge_ids
 
@@ -131,7 +132,7 @@ def test_two_answers_at_the_same_moment_reveal_once(session_app: Flask) -> None:
     second: dict[str, list[int]] = {}
 
     def answer(session: Session, index: int) -> list[int]:
-        message = InboundSms(sids[index], phones[index], "+15550000000", f"answer {index}")
+        message = InboundSms(sids[index], phones[index], "+15550000000", f"answer {index}", provider=TWILIO)
         return receive_sms(session, message, settings=runtime.settings, programs=runtime.programs,
                            now=AFTERNOON).nudge_ids
 

@@ -41,6 +41,7 @@ from service.models import (
     Partner,
 )
 from service.programs import fits_one_segment, sms_name
+from service.providers.twilio_sms import TWILIO
 from service.queues import QUEUE_SEND
 from service.runtime import Runtime
 from tests.factories import make_couple, next_phone
@@ -278,7 +279,7 @@ def test_a_signup_nobody_confirmed_expires_with_its_links(db: Session, runtime: 
                                        now=later).nudge_ids == []
     assert invited.phone_e164 is not None
     late_yes = InboundSms(message_sid="SM" + "e" * 32, from_number=invited.phone_e164, to_number="+15005550006",
-                          body="YES")
+                          body="YES", provider=TWILIO)
     answer = receive_sms(db, late_yes, settings=runtime.settings, programs=runtime.programs, now=later)
     assert answer.reply is not None and "expired" in answer.reply and runtime.settings.public_base_url in answer.reply
     assert invited.consent(Channel.SMS) is ConsentState.PENDING and waiting.enrollment.status == "cancelled"
