@@ -15,6 +15,7 @@ What a failure means decides whether a nudge may be sent again:
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import re
@@ -25,6 +26,7 @@ from urllib.parse import urlencode, urlsplit
 from twilio.base.exceptions import TwilioRestException
 from twilio.http import HttpClient
 from twilio.http.response import Response
+from twilio.request_validator import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER, RequestValidator
 from twilio.rest import Client
 
 from service.models import Channel
@@ -40,7 +42,18 @@ from service.providers.base import (
 )
 from service.providers.transport import GateClosed, KeepAlive, NoAnswer, NotSent
 
-__all__ = ["STATUSES", "TWILIO", "OutcomeUnknown", "TwilioSms", "explain", "send_failure", "status_report"]
+__all__ = [
+    "SIGNATURE_HEADER",
+    "SIGNATURE_SETTINGS_HEADER",
+    "STATUSES",
+    "TWILIO",
+    "OutcomeUnknown",
+    "TwilioSms",
+    "explain",
+    "request_validator",
+    "send_failure",
+    "status_report",
+]
 
 TWILIO = "twilio"  # the provider's name in our records (nudges, inbound messages, delivery events, consent)
 STATUS_CALLBACK_PATH = "/webhooks/twilio/status"  # service/web/webhooks/twilio_status.py listens there
@@ -151,6 +164,13 @@ def send_failure(status: int, code: str) -> SendFailure:
     if status >= 500:
         return SendFailure.TEMPORARY
     return CODE_FAILURES.get(code, SendFailure.REJECTED)
+
+
+@functools.lru_cache(maxsize=4)
+def request_validator(auth_token: str) -> RequestValidator:
+    """The SDK's webhook signature check (X-Twilio-Signature, HMAC-SHA1 with the Auth Token). It only holds
+    the token, so one per token is built once instead of on every request."""
+    return RequestValidator(auth_token)
 
 
 def status_report(*, message_sid: str, status: str, error_code: str | None, nudge_hint: int | None) -> DeliveryReport:

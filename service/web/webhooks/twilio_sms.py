@@ -1,10 +1,10 @@
 """POST /webhooks/twilio/sms: inbound texts (keywords and replies), answered in TwiML.
 
-The X-Twilio-Signature is checked first, against PUBLIC_BASE_URL plus the path and every POSTed field, so
-an unsigned, forged or altered request gets 403 and changes nothing. Then each field is parsed strictly
-(400 with the reason), the text goes through `receive_sms` (the same path as the development outbox),
-the transaction commits and only then are follow-up sends enqueued. A MessageSid seen before is a
-Twilio retry: it gets an empty TwiML answer and changes nothing.
+The X-Twilio-Signature is checked first (`twilio_auth.twilio_signed`, against PUBLIC_BASE_URL plus the path
+and every POSTed field), so an unsigned, forged or altered request gets 403 and changes nothing. Then each
+field is parsed strictly (400 with the reason), the text goes through `receive_sms` (the same path as the
+development outbox), the transaction commits and only then are follow-up sends enqueued. A MessageSid
+seen before is a Twilio retry: it gets an empty TwiML answer and changes nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from flask import Response, abort, request
 from flask.typing import ResponseReturnValue
 from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
-from twilio.request_validator import SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER, RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 from werkzeug.datastructures import MultiDict
 
@@ -29,9 +28,9 @@ from service.domain.inbound import InboundSms, receive_sms
 from service.models import mask_phone
 from service.providers.twilio_sms import TWILIO
 from service.queues import QUEUE_HIGH, enqueue_committed
-from service.settings import Settings
 from service.web.context import current_runtime, db_session
 from service.web.webhooks import bp
+from service.web.webhooks.twilio_auth import twilio_signed
 
 log = logging.getLogger(__name__)
 
@@ -39,30 +38,6 @@ MAX_BODY_CHARS = 1600  # Twilio's own limit for one message
 MAX_MEDIA = 10  # Twilio delivers at most ten media items per MMS
 MESSAGE_SID = re.compile(r"[A-Za-z]{2}[0-9a-fA-F]{32}")
 MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]{1,63}/[A-Za-z0-9!#$&^_.+-]{1,63}", re.ASCII)
-
-
-def signed_url(settings: Settings) -> str:
-    """The URL Twilio signed: PUBLIC_BASE_URL and this path (and the query string, if Twilio sent one)."""
-    url = settings.public_base_url.rstrip("/") + request.path
-    query = request.query_string.decode("latin-1")
-    return f"{url}?{query}" if query else url
-
-
-def signature_is_valid(settings: Settings) -> bool:
-    signature = request.headers.get(SIGNATURE_HEADER, "")
-    if not signature or not settings.twilio_auth_token:
-        return False
-    if request.headers.get(SIGNATURE_SETTINGS_HEADER):
-        # A Webhook Rule signs with a SharedKey secret Closer is not given; only Auth Token signatures pass.
-        log.warning("twilio webhook signed with a SharedKey; configure Auth Token signing for this URL")
-        return False
-    return bool(_validator(settings.twilio_auth_token).validate(signed_url(settings), request.form, signature))
-
-
-@functools.lru_cache(maxsize=4)
-def _validator(auth_token: str) -> RequestValidator:
-    # The validator only holds the token; one per token saves building it on every request.
-    return RequestValidator(auth_token)
 
 
 def parse_inbound_sms(form: MultiDict[str, str]) -> InboundSms:
@@ -131,11 +106,9 @@ def twiml(reply: str | None) -> Response:
 
 
 @bp.post("/twilio/sms")
+@twilio_signed
 def twilio_sms() -> ResponseReturnValue:
     runtime = current_runtime()
-    if not signature_is_valid(runtime.settings):
-        log.warning("twilio sms webhook: bad or missing signature")
-        abort(403, "The X-Twilio-Signature does not match this request.")
     message = parse_inbound_sms(request.form)
     session = db_session()
     try:

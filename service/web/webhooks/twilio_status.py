@@ -1,9 +1,10 @@
 """POST /webhooks/twilio/status: Twilio's status callbacks for the texts we sent.
 
-The X-Twilio-Signature is checked against PUBLIC_BASE_URL plus the path and query (the query carries
-our nudge id) and every POSTed field: anything else gets 403 and changes nothing. The fields are checked
-here; `twilio_sms.status_report` reads them in Closer's terms (where the message got to, what a carrier
-error code means) and `apply_delivery_status` acts on that. Each (MessageSid, MessageStatus) is stored
+The X-Twilio-Signature is checked first (`twilio_auth.twilio_signed`, the same check inbound texts pass)
+against PUBLIC_BASE_URL plus the path and query (the query carries our nudge id) and every POSTed field:
+anything else gets 403 and changes nothing. The fields are checked here; `twilio_sms.status_report`
+reads them in Closer's terms (where the message got to, what a carrier error code means) and
+`apply_delivery_status` acts on that. Each (MessageSid, MessageStatus) is stored
 once, and a nudge only ever moves forward: queued/sent, then delivered, undelivered or failed (with the
 carrier's error code kept); a 21610 (the number texted STOP) stops texts to it.
 """
@@ -16,42 +17,24 @@ from datetime import UTC, datetime
 
 from flask import abort, request
 from flask.typing import ResponseReturnValue
-from twilio.request_validator import RequestValidator
 
 from service.domain.delivery import apply_delivery_status
 from service.providers.twilio_sms import STATUSES, status_report
-from service.settings import Settings
 from service.telemetry import count_callback_outcomes
 from service.web.context import current_runtime, db_session
 from service.web.webhooks import bp
+from service.web.webhooks.twilio_auth import twilio_signed
 
 log = logging.getLogger(__name__)
 
 MESSAGE_SID = re.compile(r"^(SM|MM)[0-9a-fA-F]{32}$")
 ERROR_CODE = re.compile(r"^\d{1,8}$")
 NUDGE_ID = re.compile(r"^\d{1,18}$")
-SIGNATURE_HEADER = "X-Twilio-Signature"
-SIGNATURE_SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
-
-
-def _signed_url(settings: Settings) -> str:
-    url = settings.public_base_url.rstrip("/") + request.path
-    query = request.query_string.decode("latin-1")
-    return f"{url}?{query}" if query else url
-
-
-def _signature_ok(settings: Settings) -> bool:
-    signature = request.headers.get(SIGNATURE_HEADER, "")
-    if not signature or not settings.twilio_auth_token or request.headers.get(SIGNATURE_SETTINGS_HEADER):
-        return False
-    return bool(RequestValidator(settings.twilio_auth_token).validate(_signed_url(settings), request.form, signature))
 
 
 @bp.post("/twilio/status")
+@twilio_signed
 def twilio_status() -> ResponseReturnValue:
-    settings = current_runtime().settings
-    if not _signature_ok(settings):
-        abort(403, "The X-Twilio-Signature does not match this request.")
     sid = request.form.get("MessageSid", "")
     status = request.form.get("MessageStatus", "").strip().lower()
     error_code = request.form.get("ErrorCode", "").strip() or None
