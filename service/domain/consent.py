@@ -61,8 +61,9 @@ def provider_stop(
 ) -> bool:
     """Stop `channel` for `partner` when a provider says their address opted out or bounced for good.
 
-    `detail` is the provider's own word for it ("twilio 21610", "sendgrid bounce"), kept on the consent
-    record. True when consent changed (a partner who had none, or had already stopped, is left alone)."""
+    `detail` is the provider's own word for it (its name and code or event, as the provider module gives
+    it), kept on the consent record. True when consent changed (a partner who had none, or had already
+    stopped, is left alone)."""
     stop = PROVIDER_STOPS.get(failure) if failure is not None else None
     if stop is None or partner.consent(channel) not in (ConsentState.CONFIRMED, ConsentState.PENDING):
         return False
