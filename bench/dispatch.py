@@ -3,7 +3,7 @@
     python -m bench.dispatch [--nudges 10000] [--workers 2] [--concurrency 80] [--batch 240] [--latency 0.1]
 
 Two workers of 80 sending threads hold the same 160 requests in flight as four of 40, for 15-20% less
-CPU a nudge on two cores (fewer processes, and each worker's ledger writes bigger rounds), so that is the
+CPU a nudge on two cores (fewer processes, and each worker's group commit writes bigger rounds), so that is the
 default; the ceiling is always measured over workers x concurrency connections.
 
 1. A committed scratch database `closer_bench` (on BENCH_DATABASE_URL's server, else on an embedded

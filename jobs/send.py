@@ -21,9 +21,9 @@ While the kill switch is on nothing is claimed: the nudges stay `queued` for the
 again once sending resumes.
 
 A batch of one nudge, or any batch when SEND_CONCURRENCY is 1, is sent in turn on the job's thread,
-each claim and record a transaction of its own (jobs.ledger.Direct). Any other goes to the worker's
-sending threads (jobs.send_lanes), whose claims and records the worker's ledger writes a round at a
-time (jobs.ledger.Ledger).
+each claim and record a transaction of its own (jobs.group_commit.Direct). Any other goes to the worker's
+sending threads (jobs.send_lanes), whose claims and records the worker's group commit writes a round at a
+time (jobs.group_commit.GroupCommit).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session
 
-from jobs.ledger import Direct, Settled, Writer, ledger_for
+from jobs.group_commit import Direct, Settled, Writer, group_commit_for
 from jobs.runtime import job, job_runtime
 from jobs.send_lanes import Batch, Gate, label, send_in_lanes
 from jobs.throttle import admit, hold, throttle
@@ -56,7 +56,7 @@ from service.domain.outbound import (
 )
 from service.domain.planner import sending_paused
 from service.providers import OutboundEmail, OutboundSms, ProviderError, SendResult
-from service.providers.transport import GateClosed, admission
+from service.providers.admission import GateClosed, admission
 from service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def send_batch(nudge_ids: list[int]) -> dict[str, int]:
         _send_in_turn(runtime, plans, batch)
         detached = False
     else:
-        detached = send_in_lanes(runtime, plans, batch, send=send_one, writer=ledger_for(runtime.database),
+        detached = send_in_lanes(runtime, plans, batch, send=send_one, writer=group_commit_for(runtime.database),
                                  size=concurrency)
     outcomes, errors = batch.so_far()
     if not detached:

@@ -33,7 +33,7 @@ from queue import Empty, SimpleQueue
 
 from rq import Queue, get_current_job
 
-from jobs.ledger import Settled, Writer
+from jobs.group_commit import Settled, Writer
 from service.domain.outbound import SendOutcome, SendPlan
 from service.runtime import Runtime
 from service.telemetry import count_nudge_outcomes
@@ -207,7 +207,7 @@ def _send_in_lane(
 def _harvest(
     records: list[tuple[Settled, Batch, Label]], *, block: bool
 ) -> list[tuple[Settled, Batch, Label]]:
-    """Settle the sends whose "sent" record the ledger has written (all of them when `block`)."""
+    """Settle the sends whose "sent" record the group commit has written (all of them when `block`)."""
     left = []
     for record, batch, label_ in records:
         if not block and not record.ready():

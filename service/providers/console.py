@@ -8,8 +8,8 @@ import uuid
 
 from service.db import Database
 from service.models import Channel, OutboxMessage, mask_phone
+from service.providers.admission import pass_gate
 from service.providers.base import OutboundEmail, OutboundSms, SendResult
-from service.providers.transport import pass_gate
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """SMS through Twilio's official SDK: the SDK builds each request and parses each answer; a keep-alive
-transport (`service.providers.transport`, through the SDK's custom `HttpClient` hook) carries them, one
+transport (`service.providers.keep_alive`, through the SDK's custom `HttpClient` hook) carries them, one
 connection per sending thread.
 
 Every Twilio fact Closer relies on lives in this module; the domain only sees `SendFailure` meanings.
@@ -40,7 +40,7 @@ from service.providers.base import (
     SendResult,
     retry_after_seconds,
 )
-from service.providers.transport import GateClosed, KeepAlive, NoAnswer, NotSent
+from service.providers.keep_alive import KeepAlive, NoAnswer, NotSent
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -261,8 +261,6 @@ class TwilioSms:
                 f"twilio answered {status}", provider=TWILIO, code=code, failure=send_failure(status, code),
                 retry_after=retry_after_seconds(_header(headers, "Retry-After")),
             ) from exc
-        except GateClosed:
-            raise
         except NotSent as exc:
             raise ProviderError("twilio could not be reached", provider=TWILIO, code="connection",
                                 failure=SendFailure.TEMPORARY) from exc

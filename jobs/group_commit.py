@@ -1,8 +1,8 @@
-"""The send ledger: group commit of the claims and "sent" records of a worker's sending threads.
+"""Group commit of the claims and "sent" records of a worker's sending threads.
 
 Why: every nudge needs a claim written before its provider call and a "sent" record after it. Written
 by each sending thread in a transaction of its own, that is two commits (each a round trip and a log
-flush) per nudge, and a pooled connection for every thread. The ledger's one thread instead writes
+flush) per nudge, and a pooled connection for every thread. The group commit's one thread instead writes
 whatever claims and records have piled up since its last round in one statement, on one autocommit
 connection of its own: the busier the sending threads, the more nudges share each commit.
 
@@ -57,7 +57,7 @@ class _Done:
 
 
 class Writer(Protocol):
-    """Where a send's claim and its "sent" record are written: the `Ledger`, or `Direct`."""
+    """Where a send's claim and its "sent" record are written: the `GroupCommit`, or `Direct`."""
 
     def claim(self, nudge_id: int, store: dict[str, str | None]) -> bool: ...
 
@@ -81,7 +81,7 @@ class Direct:
 
 
 class _Entry:
-    """One claim or record handed to the ledger; the sending thread waits on `done`."""
+    """One claim or record handed to the group commit; the sending thread waits on `done`."""
 
     __slots__ = ("done", "error", "nudge_id", "provider_message_id", "result", "sealed", "store")
 
@@ -111,7 +111,7 @@ class _Entry:
         return self.result
 
 
-class Ledger:
+class GroupCommit:
     """Group commit for a worker process: sending threads hand their claims and "sent" records to one
     thread, which writes whatever has piled up (up to MAX_ROUND) in one statement on its own autocommit
     connection (each statement is atomic by itself) and answers each thread.
@@ -124,11 +124,11 @@ class Ledger:
         self._database = database
         self._connection: Connection | None = None
         self._queue: SimpleQueue[_Entry] = SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="closer-ledger", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="closer-group-commit", daemon=True)
         self._thread.start()
 
     def claim(self, nudge_id: int, store: dict[str, str | None]) -> bool:
-        # Encrypted here, on the sending thread: the ledger's one thread is what every claim waits for.
+        # Encrypted here, on the sending thread: the group commit's one thread is what every claim waits for.
         entry = _Entry(nudge_id, store=store, sealed=seal(store))
         self._queue.put(entry)
         return entry.wait()
@@ -167,7 +167,7 @@ class Ledger:
                 self._drop_connection()
                 if attempt == self.ATTEMPTS - 1:
                     return _fail(round_, exc)
-                log.warning("ledger round failed; trying again", extra={"error": type(exc).__name__})
+                log.warning("group commit round failed; trying again", extra={"error": type(exc).__name__})
                 time.sleep(0.2 * 2 ** attempt)
             except Exception as exc:
                 self._drop_connection()
@@ -194,14 +194,14 @@ def _fail(round_: list[_Entry], exc: BaseException) -> None:
         entry.answer(error=exc)
 
 
-_ledgers: dict[tuple[int, int], Ledger] = {}
+_group_commits: dict[tuple[int, int], GroupCommit] = {}
 _lock = threading.Lock()
 
 
-def ledger_for(database: Database) -> Ledger:
-    """This process' ledger on `database` (a forked child starts its own: the parent's thread stayed behind)."""
+def group_commit_for(database: Database) -> GroupCommit:
+    """This process' group commit on `database` (a forked child starts its own: the parent's thread stayed behind)."""
     with _lock:
         key = (os.getpid(), id(database))
-        if key not in _ledgers:
-            _ledgers[key] = Ledger(database)
-        return _ledgers[key]
+        if key not in _group_commits:
+            _group_commits[key] = GroupCommit(database)
+        return _group_commits[key]

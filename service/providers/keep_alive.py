@@ -1,8 +1,9 @@
 """Keep-alive HTTP for the providers' SDKs: one `http.client` connection per sending thread and host.
 
+Why: the SDKs' own HTTP layers (a new connection per message, or `requests`) are most of a send's CPU.
 The SDKs still build every request (and Twilio's parses every answer): Twilio's through its documented
 custom `HttpClient` hook, SendGrid's by posting its own `Mail.get()` payload with its own headers. Only
-the transport differs from their defaults, because it is most of their cost: measured on this kind of
+the transport differs from their defaults: measured on this kind of
 machine, a Twilio call through `requests` took 0.7-0.8 ms of CPU and 0.30 ms here; a SendGrid call
 through python_http_client (urllib, a new connection per message) 0.63 ms and 0.24 ms here.
 
@@ -10,6 +11,8 @@ Failures are classified by how far the request got, which decides whether a retr
 - `NotSent`: the connection could not be made, or broke while the request was being written (a server
   never acts on half a request): retrying is safe;
 - `NoAnswer`: the whole request went out and no complete answer came back: it may have been sent.
+
+The rate limit's admission (service.providers.admission) runs right before the request is written.
 """
 
 from __future__ import annotations
@@ -21,39 +24,11 @@ import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-_gate = threading.local()
-
-
-@contextmanager
-def admission(gate: Callable[[], object]) -> Iterator[None]:
-    """Run `gate` on this thread right before a request's bytes are written (a rate limit's admission),
-    so nothing (building the request, say) comes between being admitted and being on the wire. If the
-    gate raises, nothing was written."""
-    previous = getattr(_gate, "check", None)
-    _gate.check = gate
-    try:
-        yield
-    finally:
-        _gate.check = previous
-
-
-def pass_gate() -> None:
-    """Run this thread's pending admission, once; every provider calls it right before it sends."""
-    gate: Callable[[], object] | None = getattr(_gate, "check", None)
-    if gate is None:
-        return
-    _gate.check = None
-    try:
-        gate()
-    except Exception as exc:
-        raise GateClosed(str(exc)) from exc
-
+from service.providers.admission import pass_gate
 
 # Idle keep-alive connections get closed by the far end; one reused after that fails in a way that
 # looks like "the request may have gone out". Connections idle this long are replaced first.
@@ -62,10 +37,6 @@ MAX_IDLE_SECONDS = 20.0
 
 class NotSent(Exception):
     """Nothing reached the provider: safe to try again."""
-
-
-class GateClosed(NotSent):
-    """The admission before writing failed (Redis unreachable, say): nothing was written."""
 
 
 class NoAnswer(Exception):

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from service.providers.transport import _parse_headers
+from service.providers.keep_alive import _parse_headers
 
 HEADERS = [
     b"Content-Type: application/json; charset=utf-8\r\nContent-Length: 12\r\nX-Message-Id:abc\r\n"
