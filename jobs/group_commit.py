@@ -7,7 +7,7 @@ whatever claims and records have piled up since its last round in one statement,
 connection of its own: the busier the sending threads, the more nudges share each commit.
 
 What it guarantees:
-- each claim is still the conditional `queued -> sending` UPDATE (service.domain.outbound), and
+- each claim is still the conditional `queued -> sending` UPDATE (service.domain.claims), and
   `claim` returns only once its round is written, so a nudge is claimed before its provider call;
 - the same nudge asked for twice in one round (a job RQ ran again) is won only once;
 - `record_sent` hands a record over without waiting; the caller holds its `Settled` and does not count
@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from service.db import Database
-from service.domain.outbound import Claim, claim_and_record_rows, claim_many, record_sent_many, seal
+from service.domain.claims import Claim, claim_and_record_rows, claim_many, record_sent_many, seal
 
 log = logging.getLogger(__name__)
 

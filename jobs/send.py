@@ -41,20 +41,12 @@ from jobs.group_commit import Direct, Settled, Writer, group_commit_for
 from jobs.runtime import job, job_runtime
 from jobs.send_lanes import Batch, Gate, label, send_in_lanes
 from jobs.throttle import admit, hold, throttle
-from service.domain.outbound import (
-    Composed,
-    SendOutcome,
-    SendPlan,
-    apply_guard,
-    compose,
-    explain_failed_claim,
-    fail_unsendable,
-    load_plans,
-    record_failure,
-    release_claim,
-    send_time_guard,
-)
+from service.domain.claims import explain_failed_claim, release_claim
+from service.domain.composing import Composed, compose
 from service.domain.planner import sending_paused
+from service.domain.send_failures import fail_unsendable, record_failure
+from service.domain.send_guard import apply_guard, send_time_guard
+from service.domain.send_plans import SendOutcome, SendPlan, load_plans
 from service.providers import OutboundEmail, OutboundSms, ProviderError, SendResult
 from service.providers.admission import GateClosed, admission
 from service.runtime import Runtime

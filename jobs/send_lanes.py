@@ -34,7 +34,7 @@ from queue import Empty, SimpleQueue
 from rq import Queue, get_current_job
 
 from jobs.group_commit import Settled, Writer
-from service.domain.outbound import SendOutcome, SendPlan
+from service.domain.send_plans import SendOutcome, SendPlan
 from service.runtime import Runtime
 from service.telemetry import count_nudge_outcomes
 

@@ -16,7 +16,7 @@ from rq import Queue, Retry
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from service.domain.outbound import remember_jobs
+from service.domain.send_plans import remember_jobs
 from service.runtime import Runtime
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from service.domain.composing import unsubscribe_url
 from service.domain.links import log_url
-from service.domain.outbound import other_partner, unsubscribe_url
 from service.domain.scheduling import next_allowed_for
 from service.models import (
     Channel,
@@ -27,6 +27,11 @@ from service.settings import Settings
 
 MAX_WORDS_IN_EMAIL = 2000
 _LOCK_CLASS = 0x5276  # namespace of the per-enrollment reveal locks, apart from signup's and the scheduler's
+
+
+def other_partner(partner: Partner) -> Partner:
+    """The other partner of the couple."""
+    return next(p for p in partner.couple.partners if p.id != partner.id)
 
 
 def is_reveal_prompt(nudge: Nudge | None, programs: ProgramLibrary) -> bool:

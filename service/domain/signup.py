@@ -21,9 +21,9 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from service.domain import links
+from service.domain.composing import unsubscribe_url
 from service.domain.consent import DISCLOSURE_VERSION, set_consent
 from service.domain.enrollment import pending_enrollment
-from service.domain.outbound import unsubscribe_url
 from service.domain.scheduling import next_allowed_for
 from service.domain.tokens import CONFIRM_MAX_AGE, make_token
 from service.models import (

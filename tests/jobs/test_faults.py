@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from jobs.scheduler import run_pass
 from jobs.send import send_batch
-from service.domain.outbound import MAX_ATTEMPTS
+from service.domain.send_failures import MAX_ATTEMPTS
 from service.models import Channel, ConsentState, Nudge, NudgeStatus
 from service.providers import Providers
 from service.queues import QUEUE_NAMES

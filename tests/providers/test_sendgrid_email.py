@@ -8,7 +8,8 @@ from datetime import UTC, datetime, time
 
 import pytest
 
-from service.domain.outbound import SendPlan, compose
+from service.domain.composing import compose
+from service.domain.send_plans import SendPlan
 from service.domain.tokens import read_token
 from service.models import Channel, NudgeKind
 from service.programs import ProgramLibrary, load_programs

@@ -8,7 +8,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.domain.outbound import unsubscribe_url
+from service.domain.composing import unsubscribe_url
 from service.domain.tokens import make_token
 from service.models import Channel, ConsentRecord, ConsentState, Nudge, NudgeKind, NudgeStatus, Partner
 from service.settings import Settings
