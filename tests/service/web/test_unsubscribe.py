@@ -64,11 +64,14 @@ def test_rfc_8058_one_click_post_needs_no_csrf_token(client: FlaskClient, db: Se
     assert [r.source_detail for r in records] == ["one-click"]
 
 
-@pytest.mark.parametrize("token", ["nonsense", "a" * 500, "purpose"])
+@pytest.mark.parametrize("token", ["nonsense", "a" * 500, "purpose", "made-up"])
 def test_a_bad_token_is_404(client: FlaskClient, db: Session, settings: Settings, token: str) -> None:
-    alex = make_couple(db).partners[0]
+    alex, sam = make_couple(db).partners
     if token == "purpose":
         token = make_token(settings.secret_key, "confirm", alex.id)  # a real token, for something else
+    if token == "made-up":  # sam's own link, re-pointed at alex: the signature no longer matches
+        payload = make_token("a key that is not ours", "unsubscribe", alex.id).split(".")[0]
+        token = ".".join([payload, *make_token(settings.secret_key, "unsubscribe", sam.id).split(".")[1:]])
     assert client.get(f"/unsubscribe/{token}").status_code == 404
     assert client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"}).status_code == 404
     db.refresh(alex)
