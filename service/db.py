@@ -115,6 +115,16 @@ class Database:
         self.engine.dispose()
 
 
+# Every id column is PostgreSQL's `integer`: a larger number names no row, and sent as a parameter it
+# fails the whole statement ("integer out of range"), so callers check an id from outside first.
+MAX_ROW_ID = 2**31 - 1
+
+
+def is_row_id(value: int) -> bool:
+    """True when `value` can be the id of a row (1 to MAX_ROW_ID); anything else names no row."""
+    return 0 < value <= MAX_ROW_ID
+
+
 def affected_rows(result: Result[Any]) -> int:
     """Rows an UPDATE or DELETE touched (typed access to the cursor result's rowcount)."""
     return int(getattr(result, "rowcount", 0) or 0)

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.db import affected_rows, insert_or_ignore
+from service.db import affected_rows, insert_or_ignore, is_row_id
 from service.domain.consent import PROVIDER_STOPS, partners_by_phone, provider_stop, set_consent
 from service.domain.scheduling import local_date, send_instant
 from service.models import (
@@ -126,8 +126,8 @@ def _reported_nudge(session: Session, report: DeliveryReport) -> Nudge | None:
             select(Nudge).where(Nudge.provider_message_id == report.sent_message_id).limit(1)).first()
         if nudge is not None:
             return nudge
-    if report.nudge_id is None:
-        return None
+    if report.nudge_id is None or not is_row_id(report.nudge_id):
+        return None  # an id no nudge can have (the callback URL or custom argument was altered) names none
     hinted = session.get(Nudge, report.nudge_id)
     if hinted is None or hinted.channel != report.channel:
         return None

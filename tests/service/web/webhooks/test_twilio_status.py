@@ -184,3 +184,14 @@ def test_a_scheduled_retry_that_twilio_did_send_is_settled_not_resent(
     assert post_signed(client, settings, params, query=f"nudge={nudge.id}") == 204
     db.refresh(nudge)
     assert nudge.status == NudgeStatus.DELIVERED and nudge.kind == NudgeKind.PROMPT
+
+
+@pytest.mark.parametrize("hint", ["2147483648", "999999999999999999"])
+def test_a_nudge_id_beyond_the_column_is_no_such_nudge(client: FlaskClient, db: Session, settings: Settings,
+                                                      hint: str) -> None:
+    """A signed callback whose nudge id no integer column can hold names no nudge: never a 500."""
+    params = {"MessageSid": "SM" + secrets.token_hex(16), "MessageStatus": "delivered",
+              "AccountSid": "AC" + "1" * 32, "To": "+14155550123"}
+    assert post_signed(client, settings, params, query=f"nudge={hint}") == 204
+    stored = db.scalars(select(DeliveryEvent)).one()
+    assert stored.nudge_id is None
