@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from flask import flash, g, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 
+from service.db import is_row_id
 from service.domain import ops_queues
 from service.domain.operators import (
     CLOSE_OUTCOMES,
@@ -105,8 +106,18 @@ def failed_jobs_all(queue_name: str, verb: str) -> ResponseReturnValue:
     return _back()
 
 
+def _no_such_nudge(nudge_id: int) -> ResponseReturnValue | None:
+    # The URL converter takes any run of digits; an id no row can have must not reach PostgreSQL.
+    if is_row_id(nudge_id):
+        return None
+    return error_response(404, "No such nudge", "No nudge has that id.")
+
+
 @bp.post("/nudges/<int:nudge_id>/resend")
 def resend_nudge(nudge_id: int) -> ResponseReturnValue:
+    refused = _no_such_nudge(nudge_id)
+    if refused is not None:
+        return refused
     db = db_session()
     try:
         resend_reviewed(db, nudge_id, operator=g.operator, now=datetime.now(UTC))
@@ -124,6 +135,9 @@ def resend_nudge(nudge_id: int) -> ResponseReturnValue:
 
 @bp.post("/nudges/<int:nudge_id>/close")
 def close_nudge(nudge_id: int) -> ResponseReturnValue:
+    refused = _no_such_nudge(nudge_id)
+    if refused is not None:
+        return refused
     outcome = request.form.get("outcome", "")
     reason = request.form.get("reason", "")
     if outcome not in CLOSE_OUTCOMES:

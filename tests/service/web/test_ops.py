@@ -418,6 +418,16 @@ def test_bad_job_and_nudge_targets_are_4xx(operator_client: FlaskClient, url: st
     assert operator_client.post(url, data={"csrf_token": token}).status_code == status
 
 
+@pytest.mark.parametrize("nudge_id", ["2147483648", "99999999999", "9" * 40])
+@pytest.mark.parametrize(("verb", "form"), [("resend", {}), ("close", {"outcome": "failed", "reason": "x"})])
+def test_a_nudge_id_beyond_any_nudge_is_404(operator_client: FlaskClient, db: Session, nudge_id: str, verb: str,
+                                            form: dict[str, str]) -> None:
+    token = csrf_token(operator_client, "/ops")
+    response = operator_client.post(f"/ops/nudges/{nudge_id}/{verb}", data={"csrf_token": token, **form})
+    assert response.status_code == 404
+    assert db.scalars(select(OperatorAction).where(OperatorAction.target == f"nudge:{nudge_id}")).first() is None
+
+
 def _under_review(db: Session) -> Nudge:
     couple = make_couple(db)
     nudge = Nudge(enrollment=couple.enrollments[0], partner=couple.partners[0], kind=NudgeKind.PROMPT, step_day=1,
