@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from redis import Redis
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -98,6 +99,35 @@ def hash_password(password: str) -> str:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValueError(f"use at least {MIN_PASSWORD_LENGTH} characters")
     return generate_password_hash(password)
+
+
+# --- sessions -----------------------------------------------------------------------------------
+# A login opens a server-side session: a random id goes in the signed cookie, and Redis holds its
+# SHA-256 (never the id itself) with the operator's name, for as long as a session may last. Logout
+# deletes it, so a copied cookie is worthless afterwards. Redis errors propagate: the caller fails closed.
+
+OPERATOR_SESSION_PREFIX = "closer:ops-session:"
+
+
+def _session_key(session_id: str) -> str:
+    return OPERATOR_SESSION_PREFIX + hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def open_operator_session(redis: Redis, operator: str, ttl_seconds: int) -> str:
+    """A new session id for this operator, recorded for `ttl_seconds`."""
+    session_id = secrets.token_urlsafe(32)
+    redis.set(_session_key(session_id), operator, ex=ttl_seconds)
+    return session_id
+
+
+def operator_of_session(redis: Redis, session_id: str) -> str | None:
+    """The operator a live session belongs to; None once it has ended or expired."""
+    value = redis.get(_session_key(session_id))
+    return value.decode() if isinstance(value, bytes) else None
+
+
+def end_operator_session(redis: Redis, session_id: str) -> None:
+    redis.delete(_session_key(session_id))
 
 
 # --- actions ------------------------------------------------------------------------------------

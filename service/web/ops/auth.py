@@ -1,7 +1,10 @@
 """The ops blueprint and its gate: every page but the login form needs a logged-in operator.
 
 Logins come from OPERATOR_USERS. A session names its operator, their password's fingerprint (so a changed
-password logs them out) and when they logged in (so a session lasts at most SESSION_MAX_AGE_SECONDS).
+password logs them out), when they logged in (so a session lasts at most SESSION_MAX_AGE_SECONDS) and a
+random session id that Redis must still hold (service.domain.operators): logout deletes it there, so the
+signed cookie is worthless afterwards, wherever it is replayed from. With Redis unreachable a session
+cannot be checked, and every /ops page answers 503: the gate fails closed.
 """
 
 from __future__ import annotations
@@ -11,10 +14,30 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Flask, Response, g, redirect, render_template, request, session, url_for
+import redis as redis_lib
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    g,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask.typing import ResponseReturnValue
 
-from service.domain.operators import Operator, authenticate, operators_from, record_action
+from service.domain.operators import (
+    Operator,
+    authenticate,
+    end_operator_session,
+    open_operator_session,
+    operator_of_session,
+    operators_from,
+    record_action,
+)
 from service.web.context import current_runtime, db_session, runtime_of
 from service.web.errors import error_response
 from service.web.limits import limiter
@@ -26,7 +49,8 @@ bp = Blueprint("ops", "service.web.ops", url_prefix="/ops")
 LOGIN_LIMIT = "5 per minute;30 per hour"
 SESSION_MAX_AGE_SECONDS = 12 * 3600
 OPEN_ENDPOINTS = frozenset({"ops.login_form", "ops.login"})
-_SESSION_KEYS = ("ops_operator", "ops_fp", "ops_since")
+_SESSION_KEYS = ("ops_operator", "ops_fp", "ops_since", "ops_sid")
+SESSION_STORE_RETRY_AFTER = "10"
 
 
 @bp.record_once
@@ -47,11 +71,27 @@ def current_operator() -> str | None:
     operator = _operators().get(name)
     since = session.get("ops_since")
     fresh = isinstance(since, int | float) and 0 <= time.time() - since < SESSION_MAX_AGE_SECONDS
-    if operator is None or session.get("ops_fp") != operator.fingerprint or not fresh:
+    session_id = session.get("ops_sid")
+    valid = (operator is not None and session.get("ops_fp") == operator.fingerprint and fresh
+             and isinstance(session_id, str)
+             # Raises RedisError when the store cannot answer: see _session_store_down.
+             and operator_of_session(current_runtime().redis, session_id) == operator.name)
+    if not valid or operator is None:
         for key in _SESSION_KEYS:
             session.pop(key, None)
         return None
     return operator.name
+
+
+@bp.errorhandler(redis_lib.RedisError)
+def _session_store_down(exc: redis_lib.RedisError) -> ResponseReturnValue:
+    """Sessions live in Redis: when it cannot say whether one is still open, nobody gets through."""
+    log.warning("operator session store unavailable", extra={"error": type(exc).__name__})
+    body, status = error_response(503, "The operator pages are briefly unavailable",
+                                  "Closer cannot check operator sessions right now. Try again in a moment.")
+    response = make_response(body, status)
+    response.headers["Retry-After"] = SESSION_STORE_RETRY_AFTER
+    return response
 
 
 @bp.before_request
@@ -101,8 +141,10 @@ def login() -> ResponseReturnValue:
         log.warning("operator login refused")
         return render_template("ops/login.html", next=next_url, configured=bool(_operators()),
                                error="That name and password do not match."), 401
+    session_id = open_operator_session(current_runtime().redis, operator.name, SESSION_MAX_AGE_SECONDS)
     _reset_session()
     session["ops_operator"], session["ops_fp"], session["ops_since"] = operator.name, operator.fingerprint, time.time()
+    session["ops_sid"] = session_id
     db = db_session()
     record_action(db, operator.name, "login", None, datetime.now(UTC))
     db.commit()
@@ -119,5 +161,8 @@ def _reset_session() -> None:
 
 @bp.post("/logout")
 def logout() -> ResponseReturnValue:
+    session_id = session.get("ops_sid")
     _reset_session()
+    if isinstance(session_id, str):
+        end_operator_session(current_runtime().redis, session_id)
     return redirect(url_for("ops.login_form"), 303)

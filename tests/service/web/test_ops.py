@@ -167,6 +167,46 @@ def test_login_is_recorded_and_logout_ends_the_session(operator_client: FlaskCli
     assert operator_client.get("/ops").status_code == 302
 
 
+def test_a_session_cookie_replayed_after_logout_is_refused(app: Flask, operator_client: FlaskClient) -> None:
+    cookie = operator_client.get_cookie("session")
+    assert cookie is not None and operator_client.get("/ops/status.json").status_code == 200
+    token = csrf_token(operator_client, "/ops")
+    assert operator_client.post("/ops/logout", data={"csrf_token": token}).status_code == 303
+    replay = app.test_client()
+    replay.set_cookie("session", cookie.value)
+    response = replay.get("/ops/status.json", environ_overrides={"REMOTE_ADDR": "203.0.113.77"})
+    assert response.status_code == 401
+    assert replay.get("/ops", environ_overrides={"REMOTE_ADDR": "203.0.113.77"}).status_code == 302
+
+
+def test_logging_in_again_does_not_revive_a_logged_out_session(app: Flask, client: FlaskClient,
+                                                                 operators: Any) -> None:
+    log_in(client)
+    old_cookie = client.get_cookie("session")
+    assert old_cookie is not None
+    client.post("/ops/logout", data={"csrf_token": csrf_token(client, "/ops")})
+    log_in(client)
+    replay = app.test_client()
+    replay.set_cookie("session", old_cookie.value)
+    assert replay.get("/ops/status.json").status_code == 401
+    assert client.get("/ops/status.json").status_code == 200
+
+
+def test_the_session_store_being_down_fails_closed(operator_client: FlaskClient, runtime: Runtime) -> None:
+    token = csrf_token(operator_client, "/ops")
+    original = runtime._redis
+    runtime._redis = redis_lib.Redis(host="127.0.0.1", port=6399, socket_connect_timeout=0.2)
+    try:
+        responses = [operator_client.get("/ops/status.json"), operator_client.get("/ops"),
+                     operator_client.post("/ops/sending", data={"csrf_token": token, "action": "pause"})]
+    finally:
+        runtime._redis = original
+    for response in responses:
+        assert response.status_code == 503, response.get_data(as_text=True)[:300]
+        assert response.headers["Retry-After"]
+    assert responses[0].get_json()["status"] == 503
+
+
 def test_changing_the_password_hash_ends_existing_sessions(
     operator_client: FlaskClient, runtime: Runtime
 ) -> None:
@@ -289,14 +329,16 @@ def test_the_page_obeys_the_content_security_policy(operator_client: FlaskClient
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
 
 
-def test_the_page_survives_redis_being_down(operator_client: FlaskClient, runtime: Runtime) -> None:
-    original = runtime._redis
-    runtime._redis = redis_lib.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
-    try:
-        page = operator_client.get("/ops")
-        body = operator_client.get("/ops/status.json").get_json()
-    finally:
-        runtime._redis = original
+def test_the_page_survives_redis_failing_its_health_check(operator_client: FlaskClient, runtime: Runtime,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # Redis answers the session check but fails the page's own checks (an unreachable Redis answers 503:
+    # test_the_session_store_being_down_fails_closed).
+    def refuse() -> None:
+        raise redis_lib.ConnectionError("refused")
+
+    monkeypatch.setattr(runtime.redis, "ping", refuse)
+    page = operator_client.get("/ops")
+    body = operator_client.get("/ops/status.json").get_json()
     assert page.status_code == 200 and "Redis is unavailable" in page.get_data(as_text=True)
     assert body["health"]["redis"] == {"ok": False} and body["queues"] == []
 
