@@ -31,7 +31,11 @@ MAX_INBOUND_BYTES = 5 * 1024 * 1024
 def sendgrid_inbound() -> ResponseReturnValue:
     runtime = current_runtime()
     secret = runtime.settings.inbound_parse_secret
-    auth = request.authorization
+    try:
+        auth = request.authorization
+    except ValueError:
+        # Werkzeug's base64 decoding raises on non-ASCII bytes after "Basic": those are no credentials.
+        auth = None
     if auth is None or auth.type != "basic":
         response = jsonify(error="authentication required", detail="Use the parse URL with its credentials.")
         response.headers["WWW-Authenticate"] = 'Basic realm="closer-inbound"'

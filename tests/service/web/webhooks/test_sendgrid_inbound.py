@@ -152,3 +152,12 @@ def test_database_down_spools_and_the_scheduler_replays(client: FlaskClient, db:
     assert drain_spool(runtime) == 1
     assert drain_spool(runtime) == 0
     assert [e.body for e in db_session().scalars(select(LogEntry))] == ["Written while the database was away"]
+
+
+@pytest.mark.parametrize("value", ["Basic \xff\xfe\xfd", "Basic \xc3\xa9t\xc3\xa9", "Basic caf\xe9:x"])
+def test_basic_credentials_that_are_not_ascii_are_401(client: FlaskClient, db: Session, value: str) -> None:
+    """Raw non-ASCII bytes after `Basic` are no credentials at all: a challenge, never a 500."""
+    response = client.post(URL, data={"text": "hi"}, headers={"Authorization": value})
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Basic")
+    assert db.scalar(select(func.count(LogEntry.id))) == 0
