@@ -2,7 +2,7 @@
 
 Abuse defenses, in the order a request meets them: Flask-Limiter limits per IP and per phone-number
 prefix (Redis-backed, so they hold across web processes), a honeypot field, strict parsing (mobile
-numbers in ALLOWED_COUNTRIES only, names that cannot carry a link), and the per-address daily cap on
+numbers in ALLOWED_COUNTRIES only, names that read as names: `service.domain.names`), and the per-address daily cap on
 confirmations in the domain. A blocked attempt always gets the same page and status, whatever the cause.
 """
 
@@ -27,8 +27,8 @@ from wtforms.validators import ValidationError
 from wtforms.widgets import TimeInput
 
 from service.domain.enrollment import confirm_channel, open_enrollment
+from service.domain.names import name_problem
 from service.domain.signup import (
-    MAX_NAME_CHARS,
     QUIET_END,
     QUIET_START,
     PartnerRequest,
@@ -53,9 +53,6 @@ DEFAULT_TIME = time(19, 0)
 PREFERRED_PROGRAM = "sampler"
 MAX_EMAIL_CHARS = 254
 MAX_TOKEN_CHARS = 512
-# Letters of any script, joined by single spaces, hyphens, apostrophes or periods: a name, never a link
-# or a number, since it is repeated in texts to the other partner.
-NAME = re.compile(r"[^\W\d_]+(?:[ '.\-][^\W\d_]+)*\.?")
 COMMON_TIMEZONES = (
     ("America/New_York", "Eastern (New York)"),
     ("America/Toronto", "Eastern (Toronto)"),
@@ -133,10 +130,9 @@ class SignupForm(FlaskForm):
     # WTForms calls validate_<field> for each field; each stores the parsed value for `to_request`.
     def _name(self, field: StringField) -> None:
         name = _clean(field.data)
-        if not name:
-            raise ValidationError("Enter a first name.")
-        if len(name) > MAX_NAME_CHARS or not NAME.fullmatch(name):
-            raise ValidationError(f"Use letters only, up to {MAX_NAME_CHARS} characters, like Sam or Anne-Marie.")
+        problem = name_problem(name, current_runtime().settings.sender_name)
+        if problem:
+            raise ValidationError(problem)
         self.parsed[field.name] = name
 
     def _phone(self, field: StringField) -> None:

@@ -256,6 +256,28 @@ def test_names_cannot_carry_links_or_numbers(client: FlaskClient) -> None:
         assert post_signup(client, form_data(client, signer_name=name)).status_code == 303, name
 
 
+@pytest.mark.parametrize("name", [
+    "Go evil.com now", "bit.ly", "Visit evil.com", "Closer Support", "www.x.io", "http://a",
+    "+1 415 555 0100", "a@b.co", "CLOSER", "Closer Team", "Ana Maria Lucia Sofia",
+])
+def test_a_name_that_reads_as_a_link_a_number_or_our_brand_is_refused_next_to_its_field(
+    client: FlaskClient, db: Session, name: str
+) -> None:
+    before = couples(db)
+    response = post_signup(client, form_data(client, invited_name=name))
+    assert response.status_code == 400, name
+    assert couples(db) == before
+    page = response.get_data(as_text=True)
+    error = re.search(r'<p class="error" id="invited_name-error">([^<]+)</p>', page)
+    assert error is not None, name
+    assert "name" in error.group(1).lower()
+
+
+@pytest.mark.parametrize("name", ["Mary-Jane", "José", "Anh", "O'Brien", "Jean Luc", "Zoë", "Nguyễn Văn An"])
+def test_real_names_are_accepted(client: FlaskClient, name: str) -> None:
+    assert post_signup(client, form_data(client, invited_name=name)).status_code == 303, name
+
+
 def test_without_csrf_token_nothing_happens(client: FlaskClient, db: Session) -> None:
     before = couples(db)
     data = form_data(client)
