@@ -107,16 +107,56 @@ EVENT_FAILURES: dict[str, SendFailure] = {
     "group_unsubscribe": SendFailure.OPTED_OUT,
 }
 _DIGITS = re.compile(r"^\d{1,18}$")
+# SendGrid's guidance for the Signed Event Webhook: refuse a batch whose signed timestamp is far from now,
+# so a batch captured once cannot be replayed later (its signature stays valid forever).
+EVENT_TIMESTAMP_TOLERANCE_SECONDS = 10 * 60
+# The event fields we read as text; each must be storable (no NUL byte, no lone surrogate from a JSON escape).
+_TEXT_FIELDS = ("sg_event_id", "event", "sg_message_id", "status", "type", "email", "nudge_id")
+
+
+class UnreadableEvent(ValueError):
+    """One event of an authenticated batch that cannot be applied; `reason` is one of a few fixed words
+    (safe to log and to use as a label: it never carries the event's content)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def event_timestamp_problem(timestamp: str, now: float) -> str | None:
+    """Why the Event Webhook's signed timestamp header is refused, or None when it is within
+    EVENT_TIMESTAMP_TOLERANCE_SECONDS of `now` (either way: clocks drift)."""
+    if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 12:
+        return "The Event Webhook timestamp must be a Unix time in seconds."
+    if abs(int(timestamp) - now) > EVENT_TIMESTAMP_TOLERANCE_SECONDS:
+        minutes = EVENT_TIMESTAMP_TOLERANCE_SECONDS // 60
+        return f"The Event Webhook timestamp is more than {minutes} minutes from now: refused as a replay."
+    return None
+
+
+def _check_text_fields(event: dict[str, Any]) -> None:
+    for field in _TEXT_FIELDS:
+        value = event.get(field)
+        if not isinstance(value, str):
+            continue
+        if "\x00" in value:
+            raise UnreadableEvent("nul_byte", f"{field} holds a NUL byte")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UnreadableEvent("invalid_text", f"{field} is not valid Unicode text") from None
 
 
 def event_report(event: dict[str, Any]) -> DeliveryReport:
     """One Event Webhook event (its batch authenticated) in Closer's terms; ValueError when it lacks the
-    event's identity or name. The nudge is found by the nudge id our send gave as a custom argument:
+    event's identity or name, or holds text no database column can store (`UnreadableEvent`, a
+    ValueError). The nudge is found by the nudge id our send gave as a custom argument:
     sg_message_id extends the X-Message-Id the send returned, so it names no stored message."""
     event_id = str(event.get("sg_event_id") or "")
     kind = str(event.get("event") or "")
     if not event_id or not kind:
-        raise ValueError("each event needs sg_event_id and event")
+        raise UnreadableEvent("no_identity", "each event needs sg_event_id and event")
+    _check_text_fields(event)
     raw_nudge = str(event.get("nudge_id") or "")
     status = EVENT_STATUSES.get(kind)
     status_code = str(event.get("status") or "")[:32] or None

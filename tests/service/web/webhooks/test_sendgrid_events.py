@@ -185,3 +185,60 @@ def test_an_event_naming_an_sms_nudge_moves_nothing(
     partner = db.get(Partner, sms.partner_id)
     assert partner is not None and partner.consent(Channel.EMAIL) is ConsentState.BOUNCED, (
         "the address SendGrid named is still suppressed")
+
+
+@pytest.mark.parametrize("bad", [
+    {"nudge_id": "999999999999999999"},
+    {"nudge_id": "2147483648"},
+    {"sg_message_id": "abc\x00def"},
+    {"sg_event_id": "ev\x00nt"},
+    {"status": "5.1.1\x00"},
+    {"event": "bounce\x00"},
+    {"email": "someone\x00@example.com"},
+    {"sg_event_id": ""},
+])
+def test_one_bad_event_is_skipped_and_the_rest_of_the_batch_applied(
+    client: FlaskClient, db: Session, signing_key: ec.EllipticCurvePrivateKey, verifying: None,
+    bad: dict[str, str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bad event never costs the batch its bounces and unsubscribes (SendGrid would retry it for days)."""
+    bounced, unsubscribed, odd = email_prompt(db), email_prompt(db), email_prompt(db)
+    batch = [event(bounced, "bounce"), event(odd, "bounce", **bad), event(unsubscribed, "unsubscribe")]
+    with caplog.at_level("INFO"):
+        assert post_signed(client, signing_key, batch) == 204
+    for nudge in (bounced, unsubscribed, odd):
+        db.refresh(nudge.partner)
+    assert bounced.partner.consent(Channel.EMAIL) is ConsentState.BOUNCED
+    assert unsubscribed.partner.consent(Channel.EMAIL) is ConsentState.OPTED_OUT
+    stored = db.scalar(select(func.count(DeliveryEvent.id)))
+    assert stored in (2, 3), "the good events are stored; an odd nudge id alone is stored naming no nudge"
+    skipped = [r for r in caplog.records if getattr(r, "skipped", 0)]
+    if stored == 2:
+        assert skipped and skipped[-1].skipped == 1 and skipped[-1].reasons
+        assert odd.partner.email not in caplog.text
+
+
+@pytest.mark.parametrize("age", [-11 * 60, 11 * 60, -(time.time() - 978307200)], ids=["stale", "future", "from-2001"])
+def test_a_signed_batch_from_outside_the_window_is_refused(
+    client: FlaskClient, db: Session, signing_key: ec.EllipticCurvePrivateKey, verifying: None, age: float,
+) -> None:
+    """A validly signed but stale (or future) timestamp is a replay: 403 with a reason, nothing applied."""
+    nudge = email_prompt(db)
+    stamp = str(int(time.time() + age))
+    body = json.dumps([event(nudge, "unsubscribe")])
+    signature = base64.b64encode(signing_key.sign((stamp + body).encode(), ec.ECDSA(hashes.SHA256()))).decode()
+    response = client.post(PATH, data=body, content_type="application/json", headers={
+        "X-Twilio-Email-Event-Webhook-Signature": signature, "X-Twilio-Email-Event-Webhook-Timestamp": stamp})
+    assert response.status_code == 403
+    assert "timestamp" in response.get_json()["detail"].lower()
+    db.refresh(nudge.partner)
+    assert nudge.partner.consent(Channel.EMAIL) is ConsentState.CONFIRMED
+
+
+def test_a_signed_batch_within_the_window_is_accepted(
+    client: FlaskClient, db: Session, signing_key: ec.EllipticCurvePrivateKey, verifying: None,
+) -> None:
+    nudge = email_prompt(db)
+    for age in (-9 * 60, 9 * 60):
+        assert post_signed(client, signing_key, [event(nudge, "delivered")],
+                           timestamp=str(int(time.time() + age))) == 204
