@@ -28,6 +28,7 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
+from limits import parse_many
 
 from service.domain.operators import (
     Operator,
@@ -51,6 +52,7 @@ SESSION_MAX_AGE_SECONDS = 12 * 3600
 OPEN_ENDPOINTS = frozenset({"ops.login_form", "ops.login"})
 _SESSION_KEYS = ("ops_operator", "ops_fp", "ops_since", "ops_sid")
 SESSION_STORE_RETRY_AFTER = "10"
+LIMIT_DOWN_RETRY_AFTER = "30"
 
 
 @bp.record_once
@@ -127,9 +129,33 @@ def login_form() -> ResponseReturnValue:
                            configured=bool(_operators()))
 
 
+def _login_attempt_counted() -> bool:
+    """Whether the limiter counted this attempt against every login limit.
+
+    The app lets the limiter swallow storage errors (RATELIMIT_SWALLOW_ERRORS) so that signups, which a
+    daily cap in SQL still guards, keep working with Redis down. Password guessing has no other guard, so
+    a login attempt the limiter could not count is refused instead: when its storage fails, the limiter
+    evaluates no limit for the request and `current_limits` stays empty.
+    """
+    counted = {request_limit.limit for request_limit in limiter.current_limits}
+    return set(parse_many(LOGIN_LIMIT)) <= counted
+
+
+def _login_unavailable() -> ResponseReturnValue:
+    log.warning("operator login refused: the login limit cannot be counted")
+    response = make_response(render_template(
+        "ops/login.html", next=request.form.get("next", ""), configured=bool(_operators()),
+        error="Logging in is briefly unavailable: Closer cannot count login attempts right now. "
+              "Try again in a minute."), 503)
+    response.headers["Retry-After"] = LIMIT_DOWN_RETRY_AFTER
+    return response
+
+
 @bp.post("/login")
 @limiter.limit(LOGIN_LIMIT)
 def login() -> ResponseReturnValue:
+    if not _login_attempt_counted():
+        return _login_unavailable()
     name = request.form.get("username", "").strip()
     password = request.form.get("password", "")
     next_url = request.form.get("next", "")

@@ -28,6 +28,7 @@ from service.models import (
 from service.queues import QUEUE_SEND
 from service.runtime import Runtime
 from tests.factories import make_couple
+from tests.support.limiter import stop_limiter_storage
 
 PASSWORD = "correct horse battery staple"
 OTHER_PASSWORD = "another long passphrase"
@@ -149,6 +150,21 @@ def test_login_is_rate_limited(client: FlaskClient, operators: Any) -> None:
     # Even the right password waits out the limit.
     response = client.post("/ops/login", data={"csrf_token": token, "username": "alice", "password": PASSWORD})
     assert response.status_code == 429
+
+
+def test_login_fails_closed_when_its_limit_cannot_be_counted(client: FlaskClient, operators: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    token = csrf_token(client)
+    stop_limiter_storage(monkeypatch)
+    responses = [client.post("/ops/login", data={"csrf_token": token, "username": "alice", "password": f"guess {i}"})
+                 for i in range(8)]
+    assert [r.status_code for r in responses] == [503] * 8
+    assert all(r.headers["Retry-After"] for r in responses)
+    assert "cannot count login attempts" in responses[0].get_data(as_text=True)
+    # The right password is refused too, and logs nobody in.
+    response = client.post("/ops/login", data={"csrf_token": token, "username": "alice", "password": PASSWORD})
+    assert response.status_code == 503
+    assert client.get("/ops").status_code == 302
 
 
 def test_no_operators_configured_means_no_login(client: FlaskClient) -> None:
