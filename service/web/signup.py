@@ -41,7 +41,7 @@ from service.models import Channel, ConsentState, EnrollmentStatus, Partner
 from service.programs import ProgramLibrary
 from service.queues import QUEUE_HIGH, commit_then_enqueue
 from service.web.context import current_runtime, db_session
-from service.web.limits import limiter
+from service.web.limits import limiter, private_limit_key
 from service.web.phone import textable_phone
 
 log = logging.getLogger(__name__)
@@ -252,9 +252,9 @@ def _signup_limit() -> str:
 
 
 def _phone_prefix(field: str) -> str:
-    """A number without its last four digits: the block an SMS-pumping run walks through."""
+    """A number without its last four digits (the block an SMS-pumping run walks through), as a keyed hash."""
     phone = textable_phone(request.form.get(field, "")[:64], current_runtime().settings.allowed_countries)
-    return f"prefix:{phone[:-4]}" if phone else ""
+    return private_limit_key("prefix", phone[:-4]) if phone else ""
 
 
 def _accepted(response: Response) -> bool:
