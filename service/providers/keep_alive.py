@@ -13,6 +13,12 @@ Failures are classified by how far the request got, which decides whether a retr
 - `NoAnswer`: the whole request went out and no complete answer came back: it may have been sent.
 
 The rate limit's admission (service.providers.admission) runs right before the request is written.
+
+Measured against urllib3 2.8 doing the same job (a pool of one keep-alive connection per thread, the
+gate in its connection's `request`, the same NotSent/NoAnswer split): 0.28 ms of CPU a call against
+0.12 ms here (3000 calls to the local fake, three interleaved pairs), and in `bench.dispatch` the
+workers used 1.71-2.43 ms a nudge against 1.07-1.46 (interleaved, load 2-14). It writes headers and
+body in two sends and parses headers with `email`, so this one stays.
 """
 
 from __future__ import annotations
