@@ -7,6 +7,8 @@ A pass, as of `now`:
 3. recovers work Redis lost: RQ jobs abandoned by a dead worker are handed back to RQ (it retries
    them), and a `queued` nudge whose job is gone from Redis is enqueued again; a nudge stuck in
    `sending` goes to operator review, never back to the queue.
+Housekeeping runs first, kill switch or not: consent records past their retention period lose their IP
+address and user agent (service.domain.retention), a bounded batch a pass.
 A session-level advisory lock keeps a second scheduler's pass from running at the same time.
 """
 
@@ -35,6 +37,7 @@ from service.domain.planner import (
     sending_paused,
     stale_queued,
 )
+from service.domain.retention import purge_consent_evidence
 from service.domain.reveal import plan_reply_reminders
 from service.domain.signup import expire_unconfirmed_signups, plan_confirmation_reminders
 from service.models import NudgeStatus
@@ -72,8 +75,10 @@ def _run_pass_locked(runtime: Runtime, now: datetime) -> dict[str, int | str]:
         record_pass(session, now)
     # Replies spooled while the database was down are persisted whatever the kill switch says.
     spooled = _drain_inbound_spool(runtime)
+    purged = _housekeeping(runtime, now)
     if paused:
-        return {"status": "sending paused by an operator", "spooled_replies": spooled}
+        return {"status": "sending paused by an operator", "spooled_replies": spooled,
+                "purged_consent_details": purged}
     enqueued = 0
     while True:
         with database.transaction() as session:
@@ -103,7 +108,17 @@ def _run_pass_locked(runtime: Runtime, now: datetime) -> dict[str, int | str]:
         mark_stale_sending_for_review(session, now, report)
     enqueued += _enqueue(runtime, report)
     return {"status": "ok", **report.as_dict(), "enqueued": enqueued, "spooled_replies": spooled,
-            "expired_signups": expired_signups}
+            "expired_signups": expired_signups, "purged_consent_details": purged}
+
+
+def _housekeeping(runtime: Runtime, now: datetime) -> int:
+    """Retention purges; a failure is logged and waits for the next pass, never failing this one."""
+    try:
+        with runtime.database.transaction() as session:
+            return purge_consent_evidence(session, now)
+    except Exception:
+        log.exception("could not purge old consent evidence; the next pass retries")
+        return 0
 
 
 def _drain_inbound_spool(runtime: Runtime) -> int:

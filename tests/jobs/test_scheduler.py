@@ -8,7 +8,8 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from jobs.scheduler import ADVISORY_LOCK_KEY, run_pass
-from service.models import Nudge, NudgeStatus
+from service.domain.retention import CONSENT_EVIDENCE_RETENTION, PURGED
+from service.models import Channel, ConsentAction, ConsentRecord, ConsentSource, Nudge, NudgeStatus
 from service.runtime import Runtime
 from tests.factories import make_couple
 from tests.support.metrics import counted
@@ -75,3 +76,20 @@ def test_a_step_a_whole_day_overdue_is_skipped_and_counted(db: Session, runtime:
     report = run_pass(runtime, now + timedelta(days=1, minutes=1))
     assert report["skipped"] == 2 and report["created"] == 0
     assert counted(runtime, "nudges", "skipped", "sms", "prompt") == before + 2
+
+
+def test_a_pass_purges_old_consent_evidence_even_while_sending_is_paused(db: Session, runtime: Runtime) -> None:
+    from service.domain.operators import set_sending_paused
+
+    now = datetime.now(UTC)
+    partner = make_couple(db).partners[0]
+    record = ConsentRecord(partner_id=partner.id, channel=Channel.SMS, action=ConsentAction.CONFIRMED,
+                           occurred_at=now - CONSENT_EVIDENCE_RETENTION - timedelta(hours=1),
+                           source=ConsentSource.WEB, source_detail="ip=203.0.113.20; ua=Mozilla/5.0")
+    db.add(record)
+    set_sending_paused(db, True, operator="alice", now=now)
+    db.commit()
+    report = run_pass(runtime, now)
+    assert report["status"] == "sending paused by an operator" and report["purged_consent_details"] == 1
+    db.expire_all()
+    assert record.source_detail == PURGED
