@@ -87,7 +87,7 @@ _RECORD_SENT = (
     "needs_review = CASE WHEN n.status = 'sending' THEN false ELSE n.needs_review END "
     "FROM unnest(CAST(%(sent_ids)s AS integer[]), CAST(%(pids)s AS varchar[])) AS v(id, pid) WHERE n.id = v.id"
 )
-# A worker's ledger round usually holds both claims and records: one statement (a data-modifying WITH)
+# A worker's group-commit round usually holds both claims and records: one statement (a data-modifying WITH)
 # writes both, so PostgreSQL runs and commits one statement a round instead of two. A record is only
 # ever sent after its nudge's claim was committed in an earlier round, so the two never touch one row.
 _CLAIM_AND_RECORD = f"WITH recorded AS ({_RECORD_SENT}) {_CLAIM}"
@@ -116,7 +116,7 @@ def claim_many(session: Session, claims: list[Claim], now: datetime) -> set[int]
 
 
 def claim_rows(connection: Connection, claims: list[Claim], now: datetime) -> set[int]:
-    """`claim_many` on a connection (the worker's ledger writes through its own autocommit connection).
+    """`claim_many` on a connection (the worker's group commit writes through its own autocommit connection).
 
     A claim succeeds only while the kill switch is off and the partner's consent (and, for scheduled
     content, their not being paused) still holds, all checked by the one UPDATE that takes the nudge.
