@@ -9,20 +9,31 @@ from __future__ import annotations
 
 import base64
 import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+from cryptography.fernet import Fernet
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
+from service.migrations import upgrade
 from service.runtime import Runtime
+from service.settings import PROJECT_ROOT, Settings
 from service.web.limits import limiter
 from tests.factories import make_couple
+from tests.support.databases import scratch_database
 
 EXAMPLES = int(os.environ.get("SWEEP_EXAMPLES", "2600"))  # four sweeps: 10,400 requests in all by default
 FIELD_NAMES = [
@@ -146,3 +157,85 @@ def test_authenticated_inbound_parse(sweep: Any, form: dict[str, str], use_partn
     auth = base64.b64encode(f"closer:{runtime.settings.inbound_parse_secret}".encode()).decode()
     response = client.post("/webhooks/sendgrid/inbound", data=fields, headers={"Authorization": f"Basic {auth}"})
     _check(response, counts, f"inbound parse {fields!r}")
+
+
+# --- through the real gunicorn ---------------------------------------------------------------------
+# Some shapes never reach the test client: a broken chunked body is parsed by gunicorn while the view
+# reads the stream. A bounded sweep (a few hundred requests, loopback only) runs the Procfile's `web`.
+
+CHUNKED_POSTS = ["/signup", "/webhooks/sendgrid/events", "/ops/login", "/confirm/x", "/log/x/erase-mine"]
+BROKEN_CHUNKS = [
+    b"zz\r\nabc\r\n0\r\n\r\n",  # a chunk size that is no hex number
+    b"3\r\nabcdef\r\n0\r\n\r\n",  # a chunk longer than it said: no CRLF where one must be
+    b"-1\r\nabc\r\n0\r\n\r\n",
+    b"3;\x00\xff\r\nabc\r\n0\r\n\r\n",  # a chunk extension with a NUL and invalid UTF-8
+    b"ffffffffffffffffffff\r\nabc\r\n0\r\n\r\n",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def gunicorn_port(settings: Settings, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """`web` as the Procfile runs it (its gunicorn config, gthread workers), on a database of its own, in
+    production mode: the testing app lets a view's exception propagate to gunicorn, production does not."""
+    with scratch_database(settings.database_url, "sweep") as database_url:
+        upgrade(settings.with_overrides(database_url=database_url))
+        port = _free_port()
+        env = {**os.environ, "CLOSER_ENV": "production", "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+               "SECRET_KEY": secrets.token_urlsafe(48), "DATA_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+               "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("prometheus")),
+               "PUBLIC_BASE_URL": settings.public_base_url, "INBOUND_PARSE_SECRET": "sweep-secret",
+               "TWILIO_AUTH_TOKEN": settings.twilio_auth_token}
+        env.pop("TEST_DATABASE_URL", None)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "python:service.gunicorn_conf", "--workers", "1",
+             "--threads", "4", "--bind", f"127.0.0.1:{port}", "service.app:create_app()"],
+            cwd=Path(PROJECT_ROOT), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while _raw(port, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n") is None:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(process.stderr.read().decode() if process.stderr else "no output")
+                time.sleep(0.2)
+            yield port
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def _raw(port: int, request: bytes) -> int | None:
+    """Send `request` as bytes on a fresh connection; the status code, or None if there was no answer."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)  # all there is: a server waiting for more of a body gets EOF
+            answer = b""
+            while b"\r\n" not in answer:
+                data = sock.recv(4096)
+                if not data:
+                    break
+                answer += data
+    except OSError:
+        return None
+    parts = answer.split(b" ", 2)
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+
+
+def _post_raw(port: int, path: bytes, body: bytes, *, headers: bytes = b"", chunked: bool = False) -> int | None:
+    framing = b"Transfer-Encoding: chunked\r\n" if chunked else b"Content-Length: %d\r\n" % len(body)
+    return _raw(port, b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\n" + framing + headers + b"\r\n" + body)
+
+
+@pytest.mark.parametrize("path", CHUNKED_POSTS)
+def test_a_broken_chunked_body_through_gunicorn_is_400(gunicorn_port: int, path: str) -> None:
+    for body in BROKEN_CHUNKS:
+        assert _post_raw(gunicorn_port, path.encode(), body, chunked=True) == 400, body
+    well_formed = _post_raw(gunicorn_port, path.encode(), b"5\r\na=1&b\r\n0\r\n\r\n", chunked=True)
+    assert well_formed is not None and well_formed < 500

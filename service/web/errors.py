@@ -9,6 +9,13 @@ from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+try:  # the web process runs under gunicorn, which parses a chunked body while the view reads the stream
+    from gunicorn.http.errors import NoMoreData, ParseException
+
+    BROKEN_BODY: tuple[type[Exception], ...] = (ParseException, NoMoreData)
+except ImportError:  # pragma: no cover - another WSGI server
+    BROKEN_BODY = ()
+
 log = logging.getLogger(__name__)
 
 
@@ -37,6 +44,15 @@ def register(app: Flask) -> None:
         if exc.code == 429:
             return error_response(429, "Please slow down", "Too many requests just now. Try again in a little while.")
         return error_response(exc.code, exc.name, exc.description or "")
+
+    def _broken_body(exc: Exception) -> tuple[Response | str, int]:
+        # A malformed body (a chunk size that is no number, a missing chunk terminator, the client gone
+        # mid-body) surfaces as gunicorn's parse error where the view reads the stream: the client's fault.
+        log.info("malformed request body", extra={"error": type(exc).__name__})
+        return error_response(400, "Malformed request", "The request body could not be read.")
+
+    for broken in BROKEN_BODY:
+        app.register_error_handler(broken, _broken_body)
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(InterfaceError)
