@@ -17,6 +17,7 @@ from sqlalchemy import (
     Time,
     UniqueConstraint,
 )
+from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -44,6 +45,18 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
         return None if value is None else value.astimezone(UTC)
+
+
+def _enum_values(enum_class: type[enum.StrEnum]) -> list[str]:
+    return [member.value for member in enum_class]
+
+
+def stored_enum(enum_class: type[enum.StrEnum], length: int) -> SqlEnum:
+    """A column of `enum_class` stored as the plain VARCHAR(length) of its lowercase values: no native
+    type and no CHECK constraint, so the schema is what it was as a String column. Rows read back as
+    members; a string that is not one of the values is refused before it reaches the database."""
+    return SqlEnum(enum_class, native_enum=False, create_constraint=False, length=length,
+                   values_callable=_enum_values, validate_strings=True)
 
 
 class Channel(enum.StrEnum):
@@ -75,6 +88,35 @@ class NudgeKind(enum.StrEnum):
     PROGRAM_COMPLETE = "program_complete"
     # A keyword's answer that could not go back in TwiML (the text waited in the spool): sent as a message.
     KEYWORD_ANSWER = "keyword_answer"
+
+
+class ConsentAction(enum.StrEnum):
+    """What a consent record did."""
+
+    REQUESTED = "requested"  # asked at signup
+    CONFIRMED = "confirmed"
+    WITHDRAWN = "withdrawn"  # STOP, an unsubscribe, or a provider's opt-out
+    RESUMED = "resumed"  # START after a STOP
+    BOUNCED = "bounced"
+
+
+class ConsentSource(enum.StrEnum):
+    """Where a consent change came from."""
+
+    WEB = "web"
+    SMS = "sms"
+    EMAIL = "email"
+    PROVIDER = "provider"
+
+
+class InboundKind(enum.StrEnum):
+    """What an inbound message turned out to be, as recorded once per provider message id."""
+
+    KEYWORD = "keyword"
+    REPLY = "reply"
+    UNKNOWN_SENDER = "unknown_sender"  # a text from a number no partner has
+    UNKNOWN_TOKEN = "unknown_token"  # noqa: S105 - an email to a reply address no partner has
+    WRONG_SENDER = "wrong_sender"  # an email to a partner's reply address from another address
 
 
 class NudgeStatus(enum.StrEnum):
@@ -132,9 +174,9 @@ class Partner(Base):
     preferred_time: Mapped[time] = mapped_column(Time)
     quiet_start: Mapped[time] = mapped_column(Time, default=time(21, 30))
     quiet_end: Mapped[time] = mapped_column(Time, default=time(8, 0))
-    sms_consent: Mapped[str] = mapped_column(String(16), default=ConsentState.NONE)
+    sms_consent: Mapped[ConsentState] = mapped_column(stored_enum(ConsentState, 16), default=ConsentState.NONE)
     sms_consent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    email_consent: Mapped[str] = mapped_column(String(16), default=ConsentState.NONE)
+    email_consent: Mapped[ConsentState] = mapped_column(stored_enum(ConsentState, 16), default=ConsentState.NONE)
     email_consent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     paused_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     reply_token: Mapped[str] = mapped_column(String(32), unique=True)
@@ -156,7 +198,7 @@ class Partner(Base):
     )
 
     def consent(self, channel: Channel) -> ConsentState:
-        return ConsentState(self.sms_consent if channel is Channel.SMS else self.email_consent)
+        return self.sms_consent if channel is Channel.SMS else self.email_consent
 
     @property
     def is_confirmed(self) -> bool:
@@ -181,10 +223,10 @@ class ConsentRecord(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id", ondelete="CASCADE"), index=True)
-    channel: Mapped[str] = mapped_column(String(8))
-    action: Mapped[str] = mapped_column(String(16))  # requested, confirmed, withdrawn, resumed, bounced
+    channel: Mapped[Channel] = mapped_column(stored_enum(Channel, 8))
+    action: Mapped[ConsentAction] = mapped_column(stored_enum(ConsentAction, 16))
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
-    source: Mapped[str] = mapped_column(String(16))  # web, sms, email, provider, operator
+    source: Mapped[ConsentSource] = mapped_column(stored_enum(ConsentSource, 16))
     source_detail: Mapped[str | None] = mapped_column(String(512))  # IP and user agent, or MessageSid
     disclosure_version: Mapped[str | None] = mapped_column(String(32))
 
@@ -199,7 +241,8 @@ class Enrollment(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     couple_id: Mapped[int] = mapped_column(ForeignKey("couples.id", ondelete="CASCADE"), index=True)
     program_key: Mapped[str] = mapped_column(String(64), index=True)
-    status: Mapped[str] = mapped_column(String(16), default=EnrollmentStatus.PENDING, index=True)
+    status: Mapped[EnrollmentStatus] = mapped_column(
+        stored_enum(EnrollmentStatus, 16), default=EnrollmentStatus.PENDING, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -249,10 +292,10 @@ class Nudge(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     enrollment_id: Mapped[int] = mapped_column(ForeignKey("enrollments.id", ondelete="CASCADE"))
     partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(32), default=NudgeKind.PROMPT)
+    kind: Mapped[NudgeKind] = mapped_column(stored_enum(NudgeKind, 32), default=NudgeKind.PROMPT)
     step_day: Mapped[int] = mapped_column(Integer, default=0)
-    channel: Mapped[str] = mapped_column(String(8))
-    status: Mapped[str] = mapped_column(String(16), default=NudgeStatus.SCHEDULED)
+    channel: Mapped[Channel] = mapped_column(stored_enum(Channel, 8))
+    status: Mapped[NudgeStatus] = mapped_column(stored_enum(NudgeStatus, 16), default=NudgeStatus.SCHEDULED)
     status_reason: Mapped[str | None] = mapped_column(String(255))
     scheduled_for: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -283,9 +326,9 @@ class InboundMessage(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     provider: Mapped[str] = mapped_column(String(16))
     provider_message_id: Mapped[str] = mapped_column(String(255))
-    channel: Mapped[str] = mapped_column(String(8))
+    channel: Mapped[Channel] = mapped_column(stored_enum(Channel, 8))
     partner_id: Mapped[int | None] = mapped_column(ForeignKey("partners.id", ondelete="SET NULL"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # keyword, reply, unknown_sender, ignored
+    kind: Mapped[InboundKind] = mapped_column(stored_enum(InboundKind, 16))
     keyword: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -304,7 +347,7 @@ class LogEntry(Base):
     couple_id: Mapped[int] = mapped_column(ForeignKey("couples.id", ondelete="CASCADE"), index=True)
     partner_id: Mapped[int] = mapped_column(ForeignKey("partners.id", ondelete="CASCADE"), index=True)
     nudge_id: Mapped[int | None] = mapped_column(ForeignKey("nudges.id", ondelete="SET NULL"), index=True)
-    channel: Mapped[str] = mapped_column(String(8))
+    channel: Mapped[Channel] = mapped_column(stored_enum(Channel, 8))
     provider_message_id: Mapped[str] = mapped_column(String(255))
     body: Mapped[str] = mapped_column(EncryptedText)
     media_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -337,7 +380,7 @@ class OutboxMessage(Base):
     __tablename__ = "outbox_messages"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    channel: Mapped[str] = mapped_column(String(8))
+    channel: Mapped[Channel] = mapped_column(stored_enum(Channel, 8))
     recipient: Mapped[str] = mapped_column(String(320))
     sender: Mapped[str | None] = mapped_column(String(320))
     reply_to: Mapped[str | None] = mapped_column(String(320))

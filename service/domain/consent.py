@@ -10,7 +10,9 @@ from sqlalchemy.orm import Session, joinedload
 from service.db import affected_rows
 from service.models import (
     Channel,
+    ConsentAction,
     ConsentRecord,
+    ConsentSource,
     ConsentState,
     Couple,
     Nudge,
@@ -35,13 +37,18 @@ def set_consent(
     now: datetime,
     disclosure_version: str | None = DISCLOSURE_VERSION,
 ) -> None:
+    """Move `partner` to `state` on `channel`, with a consent record of what happened and where from.
+
+    `action` and `source` are `ConsentAction` and `ConsentSource` values (a plain string is checked
+    against them here, so a typo fails at the call rather than at the flush)."""
     if channel is Channel.SMS:
         partner.sms_consent, partner.sms_consent_at = state, now
     else:
         partner.email_consent, partner.email_consent_at = state, now
     session.add(
         ConsentRecord(
-            partner=partner, channel=channel, action=action, occurred_at=now, source=source,
+            partner=partner, channel=channel, action=ConsentAction(action), occurred_at=now,
+            source=ConsentSource(source),
             source_detail=(source_detail or "")[:512] or None, disclosure_version=disclosure_version,
         )
     )
@@ -50,9 +57,9 @@ def set_consent(
 
 
 # What a provider's word about an address does to consent on that channel.
-PROVIDER_STOPS: dict[SendFailure, tuple[ConsentState, str]] = {
-    SendFailure.OPTED_OUT: (ConsentState.OPTED_OUT, "withdrawn"),
-    SendFailure.BOUNCED: (ConsentState.BOUNCED, "bounced"),
+PROVIDER_STOPS: dict[SendFailure, tuple[ConsentState, ConsentAction]] = {
+    SendFailure.OPTED_OUT: (ConsentState.OPTED_OUT, ConsentAction.WITHDRAWN),
+    SendFailure.BOUNCED: (ConsentState.BOUNCED, ConsentAction.BOUNCED),
 }
 
 
@@ -68,7 +75,8 @@ def provider_stop(
     if stop is None or partner.consent(channel) not in (ConsentState.CONFIRMED, ConsentState.PENDING):
         return False
     state, action = stop
-    set_consent(session, partner, channel, state, action=action, source="provider", source_detail=detail, now=now)
+    set_consent(session, partner, channel, state, action=action, source=ConsentSource.PROVIDER, source_detail=detail,
+                now=now)
     return True
 
 

@@ -15,6 +15,7 @@ from service.domain.consent import set_consent
 from service.domain.scheduling import first_program_date, send_instant
 from service.models import (
     Channel,
+    ConsentAction,
     ConsentState,
     Enrollment,
     EnrollmentStatus,
@@ -52,7 +53,7 @@ def confirm_channel(
     """Record a partner's confirmation; True when it changed anything."""
     if partner.consent(channel) is not ConsentState.PENDING:
         return False
-    set_consent(session, partner, channel, ConsentState.CONFIRMED, action="confirmed", source=source,
+    set_consent(session, partner, channel, ConsentState.CONFIRMED, action=ConsentAction.CONFIRMED, source=source,
                 source_detail=source_detail, now=now)
     enrollment = pending_enrollment(session, partner.couple_id)
     if enrollment is not None:

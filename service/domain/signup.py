@@ -28,6 +28,8 @@ from service.domain.scheduling import next_allowed_for
 from service.domain.tokens import CONFIRM_MAX_AGE, make_token
 from service.models import (
     Channel,
+    ConsentAction,
+    ConsentSource,
     ConsentState,
     Couple,
     Enrollment,
@@ -123,8 +125,9 @@ def sign_up(
     session.add_all([couple, enrollment])
     for partner in partners:
         for channel in _channels_of(partner):
-            set_consent(session, partner, channel, ConsentState.PENDING, action="requested", source="web",
-                        source_detail=source_detail, now=now, disclosure_version=DISCLOSURE_VERSION)
+            set_consent(session, partner, channel, ConsentState.PENDING, action=ConsentAction.REQUESTED,
+                        source=ConsentSource.WEB, source_detail=source_detail, now=now,
+                        disclosure_version=DISCLOSURE_VERSION)
     session.flush()  # the partners' ids go into their confirmation links
 
     nudges: list[Nudge] = []
@@ -137,7 +140,7 @@ def sign_up(
     return SignupResult(
         couple=couple, enrollment=enrollment,
         nudge_ids=[n.id for n in nudges if n.status == NudgeStatus.QUEUED],
-        channels=frozenset(Channel(n.channel) for n in nudges),
+        channels=frozenset(n.channel for n in nudges),
     )
 
 
