@@ -61,7 +61,7 @@ ACCOUNT_SID = "AC" + "fedcba9876543210" * 2
 AUTH_TOKEN = "scale-twilio-auth-token-0123456789"  # noqa: S105 - a fixture, not a secret
 RATIO_TARGET = 1.5
 # The peak spread over its minute: one partner in sixty due at each second of it.
-_MAKE_DUE = ("UPDATE partner_schedules SET next_day = 1, last_sent_local_date = NULL, first_local_date = :day, "
+_MAKE_DUE = ("UPDATE partner_schedules SET next_day = 1, first_local_date = :day, "
              "next_send_at = :start + (partner_id % 60) * interval '1 second' "
              "WHERE partner_id BETWEEN :lo AND :hi")
 TIMED_RUNS = 5
@@ -177,7 +177,7 @@ class Bench:
         with self.engine.begin() as conn:
             conn.execute(text("DELETE FROM nudges"))
             conn.execute(text(
-                "UPDATE partner_schedules SET next_day = 1, last_sent_local_date = NULL, next_send_at = :at, "
+                "UPDATE partner_schedules SET next_day = 1, next_send_at = :at, "
                 "first_local_date = :day WHERE partner_id BETWEEN :lo AND :hi"),
                 {"at": at, "day": self.due_at.astimezone(zone(self.zone)).date(), "lo": partners.start,
                  "hi": partners.stop - 1})

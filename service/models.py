@@ -269,7 +269,6 @@ class PartnerSchedule(Base):
     next_day: Mapped[int] = mapped_column(Integer, default=1)
     first_local_date: Mapped[date | None] = mapped_column(Date)
     next_send_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
-    last_sent_local_date: Mapped[date | None] = mapped_column(Date)
 
     enrollment: Mapped[Enrollment] = relationship(back_populates="schedules")
     partner: Mapped[Partner] = relationship()

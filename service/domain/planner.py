@@ -100,7 +100,6 @@ class _Due:
     next_day: int
     first_local_date: date | None
     next_send_at: datetime | None
-    last_sent_local_date: date | None
     # The partner's clock and consent (never who they are: names and tokens stay encrypted and unread).
     timezone: str
     preferred_time: time
@@ -118,7 +117,7 @@ class _Due:
 
 _DUE_COLUMNS = (
     PartnerSchedule.id, PartnerSchedule.enrollment_id, PartnerSchedule.partner_id, PartnerSchedule.next_day,
-    PartnerSchedule.first_local_date, PartnerSchedule.next_send_at, PartnerSchedule.last_sent_local_date,
+    PartnerSchedule.first_local_date, PartnerSchedule.next_send_at,
     Partner.timezone, Partner.preferred_time, Partner.quiet_start, Partner.quiet_end, Partner.sms_consent,
     Partner.email_consent, Partner.paused_until, Enrollment.status.label("enrollment_status"),
     Enrollment.program_key,
@@ -230,7 +229,6 @@ def _plan_one(batch: _Batch, schedule: _Due) -> None:
                                        NudgeStatus.QUEUED, None, now))
                 batch.report.created += 1
             if channels:
-                schedule.last_sent_local_date = due_local
                 batch.busy_days.add((schedule.partner_id, due_local))
         schedule.next_day += 1
         if schedule.next_day > program.days:
@@ -262,14 +260,14 @@ def _finish(batch: _Batch, schedule: _Due, channels: list[Channel], invite_at: d
         batch.finishing.append(schedule)
 
 
-_SCHEDULE_COLUMNS = ("next_day", "first_local_date", "next_send_at", "last_sent_local_date")
+_SCHEDULE_COLUMNS = ("next_day", "first_local_date", "next_send_at")
 # One statement for a whole batch: the rows travel as one array per column.
 _UPDATE_SCHEDULES = text(
     "UPDATE partner_schedules AS s SET next_day = v.next_day, first_local_date = v.first_local_date, "
-    "next_send_at = v.next_send_at, last_sent_local_date = v.last_sent_local_date "
+    "next_send_at = v.next_send_at "
     "FROM unnest(CAST(:id AS integer[]), CAST(:next_day AS integer[]), CAST(:first_local_date AS date[]), "
-    "CAST(:next_send_at AS timestamptz[]), CAST(:last_sent_local_date AS date[])) "
-    "AS v(id, next_day, first_local_date, next_send_at, last_sent_local_date) WHERE s.id = v.id"
+    "CAST(:next_send_at AS timestamptz[])) "
+    "AS v(id, next_day, first_local_date, next_send_at) WHERE s.id = v.id"
 )
 
 
