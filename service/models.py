@@ -204,10 +204,6 @@ class Partner(Base):
     def is_confirmed(self) -> bool:
         return ConsentState.CONFIRMED in (self.consent(Channel.SMS), self.consent(Channel.EMAIL))
 
-    @property
-    def masked_phone(self) -> str:
-        return mask_phone(self.phone_e164)
-
 
 def mask_phone(phone: str | None) -> str:
     """What logs and the operator see of a number: the country code and the last two digits."""

@@ -106,13 +106,9 @@ atexit.register(flush)
 os.register_at_fork(after_in_child=_forget_parent_counts)
 
 
-def count_nudges(runtime: Runtime, outcome: str, channel: str, kind: str, amount: int = 1) -> None:
-    """Count nudge outcomes; call after the commit that recorded them. Never raises."""
-    count_nudge_outcomes(runtime, {(outcome, channel, kind): amount})
-
-
 def count_nudge_outcomes(runtime: Runtime, counts: Mapping[tuple[str, str, str], int]) -> None:
-    """Count a batch's outcomes at once: keys are (outcome, channel, kind)."""
+    """Count a batch's nudge outcomes, keyed by (outcome, channel, kind); call after the commit that
+    recorded them. Never raises."""
     fields = {f"nudges|{outcome}|{channel}|{kind[:32]}": amount
               for (outcome, channel, kind), amount in counts.items()
               if amount > 0 and outcome in NUDGE_OUTCOMES and channel in CHANNELS}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
@@ -102,7 +101,3 @@ def build_log(session: Session, viewer: Partner, programs: ProgramLibrary) -> li
             media_count=entry.media_count,
         ))
     return sorted(days.values(), key=lambda d: (d.day, d.title))
-
-
-def describe_partners(partners: Sequence[Partner]) -> str:
-    return " and ".join(p.first_name for p in partners)

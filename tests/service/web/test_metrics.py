@@ -78,12 +78,12 @@ def test_live_gauges(client: FlaskClient, runtime: Runtime, db: Session) -> None
 
 
 def test_nudge_outcomes_are_counted_in_redis_for_every_process(client: FlaskClient, runtime: Runtime) -> None:
-    telemetry.count_nudges(runtime, "sent", "sms", "prompt")
-    telemetry.count_nudges(runtime, "sent", "sms", "prompt", 2)
+    telemetry.count_nudge_outcomes(runtime, {("sent", "sms", "prompt"): 1})
+    telemetry.count_nudge_outcomes(runtime, {("sent", "sms", "prompt"): 2})
     telemetry.count_nudge_outcomes(runtime, {("failed", "email", "prompt"): 1, ("sent", "email", "confirmation"): 4})
     # Unknown outcomes and channels are dropped rather than becoming new series.
-    telemetry.count_nudges(runtime, "exploded", "sms", "prompt")
-    telemetry.count_nudges(runtime, "sent", "pigeon", "prompt")
+    telemetry.count_nudge_outcomes(runtime, {("exploded", "sms", "prompt"): 1})
+    telemetry.count_nudge_outcomes(runtime, {("sent", "pigeon", "prompt"): 1})
     samples = scrape(client)
     outcome = "closer_nudge_outcomes_total"
     assert value(samples, outcome, outcome="sent", channel="sms", kind="prompt") == 3
@@ -139,11 +139,11 @@ def test_counting_never_raises_and_backs_off_when_redis_is_down(runtime: Runtime
     monkeypatch.setattr(telemetry, "_redis_down_until", 0.0)
     unreachable = Runtime(settings=runtime.settings, database=runtime.database, redis_url="redis://127.0.0.1:1/0",
                           providers=runtime.providers, programs=runtime.programs)
-    telemetry.count_nudges(unreachable, "sent", "sms", "prompt")
+    telemetry.count_nudge_outcomes(unreachable, {("sent", "sms", "prompt"): 1})
     telemetry.flush()
     assert telemetry._redis_down_until > time.monotonic()
     # While backing off it does not even try: the same call is free.
-    telemetry.count_nudges(unreachable, "sent", "sms", "prompt")
+    telemetry.count_nudge_outcomes(unreachable, {("sent", "sms", "prompt"): 1})
     telemetry.flush()
 
 
