@@ -66,6 +66,8 @@ class Settings:
     scheduler_interval_seconds: float = 5.0
     send_batch_size: int = 50
     send_concurrency: int = 16
+    # How often a worker tells Redis it is alive; one silent for a minute is no longer counted (ops_queues).
+    worker_heartbeat_seconds: float = 10.0
     confirmation_texts_per_number_per_day: int = 3
     signup_rate_limit: str = "5 per minute;30 per hour"
     log_level: str = "INFO"

@@ -19,6 +19,9 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 
 from service.queues import QUEUE_NAMES
 
+# A worker silent for longer than this is not counted as alive (it beats every WORKER_HEARTBEAT_SECONDS).
+WORKER_ALIVE_SECONDS = 60.0
+
 
 class UnknownJob(LookupError):
     """No failed job with that id in that queue (already retried, discarded or expired)."""
@@ -93,12 +96,21 @@ def queue_stats(redis: Redis, now: datetime) -> list[QueueStats]:
     return stats
 
 
-def workers(redis: Redis) -> list[WorkerInfo]:
+def workers(redis: Redis, now: datetime | None = None) -> list[WorkerInfo]:
+    """The live workers: those whose last heartbeat is at most WORKER_ALIVE_SECONDS old.
+
+    RQ keeps a worker's entry until its key expires (minutes after a worker killed with -9, and a
+    worker busy with a job may not beat at all), so its list alone counts the dead as alive. Closer's
+    workers beat every WORKER_HEARTBEAT_SECONDS (jobs.runtime), also during a job."""
+    moment = now or datetime.now(UTC)
     found = []
     for worker in Worker.all(connection=redis):
+        beat = _aware(worker.last_heartbeat)
+        if beat is None or (moment - beat).total_seconds() > WORKER_ALIVE_SECONDS:
+            continue
         found.append(WorkerInfo(
             name=worker.name, state=str(worker.get_state()), queues=list(worker.queue_names()),
-            last_heartbeat=_aware(worker.last_heartbeat),
+            last_heartbeat=beat,
             successful_jobs=int(worker.successful_job_count or 0), failed_jobs=int(worker.failed_job_count or 0),
         ))
     return sorted(found, key=lambda w: w.name)

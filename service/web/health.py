@@ -1,4 +1,5 @@
-"""GET /healthz: the database and Redis decide the status; live workers are reported alongside."""
+"""GET /healthz: the database and Redis decide the status; live workers (a heartbeat within the last
+minute) are reported alongside."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
-from rq import Worker
 from sqlalchemy import text
 
+from service.domain.ops_queues import workers as live_workers
 from service.web.context import current_runtime, db_session
 
 bp = Blueprint("health", __name__)
@@ -25,9 +26,9 @@ def health_report() -> tuple[bool, dict[str, Any]]:
         report["database"] = {"ok": False, "error": type(exc).__name__}
     try:
         runtime.redis.ping()
-        workers = Worker.all(connection=runtime.redis)
+        workers = live_workers(runtime.redis)
         report["redis"] = {"ok": True}
-        report["workers"] = {"count": len(workers), "states": sorted(str(w.get_state()) for w in workers)}
+        report["workers"] = {"count": len(workers), "states": sorted(w.state for w in workers)}
     except Exception as exc:
         report["redis"] = {"ok": False, "error": type(exc).__name__}
         report["workers"] = {"count": 0, "states": []}

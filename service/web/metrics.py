@@ -92,9 +92,8 @@ class LiveCollector(Collector):
         self.session = session
 
     def collect(self) -> Iterator[Metric]:
-        from rq import Worker
-
         from service.domain.ops_queues import queue_stats
+        from service.domain.ops_queues import workers as live_workers
         from service.domain.ops_status import control_state
 
         now = datetime.now(UTC)
@@ -117,7 +116,7 @@ class LiveCollector(Collector):
                 age.add_metric([stats.name], stats.oldest_age_seconds or 0.0)
                 failed.add_metric([stats.name], stats.failed)
                 scheduled.add_metric([stats.name], stats.scheduled)
-            workers = Worker.count(connection=redis)
+            workers = len(live_workers(redis, now))
         except redis_lib.RedisError:
             redis_ok = False
         if redis_ok:

@@ -138,10 +138,11 @@ class Scratch:
 
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def start_worker(self, env: dict[str, str], *, burst: bool = False) -> subprocess.Popen[bytes]:
-        """`closer worker` in a process group of its own: RQ forks a scheduler process beside it, and
-        `kill_worker` takes both, as a crashed container or machine would."""
-        argv = [sys.executable, "-m", "service.cli", "worker", *(["--burst"] if burst else [])]
+    def start_worker(self, env: dict[str, str], *, burst: bool = False, fork: bool = False) -> subprocess.Popen[bytes]:
+        """`closer worker` in a process group of its own: `kill_worker` takes the group (with a `--fork`
+        worker's work horse), as a crashed container or machine would."""
+        argv = [sys.executable, "-m", "service.cli", "worker", *(["--burst"] if burst else []),
+                *(["--fork"] if fork else [])]
         process = subprocess.Popen(argv, env=env, cwd=ROOT, preexec_fn=die_with_parent, start_new_session=True)
         self.workers.append(process)
         return process
