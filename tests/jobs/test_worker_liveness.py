@@ -98,3 +98,20 @@ def test_closer_worker_stopped_by_sigterm_leaves_no_process(scratch: Scratch) ->
         pytest.fail("closer worker did not stop on SIGTERM")
     assert wait_for(lambda: not any(_running(pid) for pid in family), timeout=10)
     assert wait_for(lambda: _health_count(scratch) == 0, timeout=5), "a stopped worker leaves at once"
+
+
+def test_a_fork_workers_work_horse_dies_with_it(scratch: Scratch) -> None:
+    from rq import Queue
+
+    from service.queues import QUEUE_NAMES
+
+    env = scratch.worker_env("http://127.0.0.1:9", WORKER_HEARTBEAT_SECONDS="1")
+    worker = scratch.start_worker(env, fork=True)
+    assert wait_for(lambda: _health_count(scratch) == 1, timeout=60), "the worker never registered"
+    Queue(QUEUE_NAMES[0], connection=scratch.redis()).enqueue("time.sleep", 60, job_timeout=120)
+    assert wait_for(lambda: len(_tree(worker.pid)) > 1, timeout=30), "no work horse was forked"
+    horses = _tree(worker.pid) - {worker.pid}
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=30)
+    assert wait_for(lambda: not any(_running(pid) for pid in horses), timeout=10), (
+        f"the work horse outlived the worker: {[pid for pid in horses if _running(pid)]}")
