@@ -216,6 +216,9 @@ def test_one_bad_event_is_skipped_and_the_rest_of_the_batch_applied(
     if stored == 2:
         assert skipped and skipped[-1].skipped == 1 and skipped[-1].reasons
         assert odd.partner.email not in caplog.text
+        reason = next(iter(skipped[-1].reasons))
+        assert f'closer_sendgrid_events_skipped_total{{reason="{reason}"}}' in client.get("/metrics").get_data(
+            as_text=True)
 
 
 @pytest.mark.parametrize("age", [-11 * 60, 11 * 60, -(time.time() - 978307200)], ids=["stale", "future", "from-2001"])
