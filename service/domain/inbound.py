@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from service.db import insert_or_ignore
 from service.domain import links, replies
 from service.domain.consent import partners_by_phone, set_consent
-from service.domain.enrollment import confirm_channel
+from service.domain.enrollment import OPEN_STATUSES, confirm_channel
 from service.domain.keywords import Command, classify
 from service.domain.scheduling import next_allowed_for as next_allowed_instant
 from service.models import (
@@ -76,6 +76,8 @@ def receive_sms(
     (`replies.claim_sms`): replies are most of the inbound traffic, so they take one round trip rather than
     five or more. A keyword then acts on consent and schedules through the ORM."""
     command = classify(message.body) if message.num_media == 0 or message.body.strip() else None
+    if command is not None and command.keyword == "YES" and _yes_answers_a_prompt(session, message.from_number):
+        command = None
     claimed = replies.claim_sms(
         session, provider=message.provider, message_id=message.message_sid, phone=message.from_number,
         keyword=command.keyword if command else None, body=message.body, media_count=message.num_media,
@@ -84,6 +86,21 @@ def receive_sms(
     if command is not None:
         return _receive_keyword(session, message, command, claimed, settings=settings, programs=programs, now=now)
     return _receive_reply(session, claimed, settings=settings, programs=programs, now=now)
+
+
+def _yes_answers_a_prompt(session: Session, phone: str) -> bool:
+    """Whether a YES from `phone` is an answer for the log rather than a confirmation: YES confirms only a
+    pending invitation to that number, so from a partner confirmed in an active couple, with no invitation
+    waiting, a "Yes!" is what they answer to their prompt."""
+    states = session.execute(
+        select(Partner.sms_consent, Enrollment.status)
+        .join(Enrollment, Enrollment.couple_id == Partner.couple_id)
+        .where(Partner.phone_e164 == phone, Enrollment.status.in_(OPEN_STATUSES))
+    ).all()
+    invited = any(consent is ConsentState.PENDING for consent, _ in states)
+    answering = any(consent is ConsentState.CONFIRMED and status is EnrollmentStatus.ACTIVE
+                    for consent, status in states)
+    return answering and not invited
 
 
 def _receive_keyword(
@@ -127,7 +144,7 @@ def queue_late_answer(session: Session, message: InboundSms, answer: str, now: d
     number gets nothing; the provider answers STOP itself), outside quiet hours, once per inbound text (the unique
     nudge key carries the inbound message's id, and a replay of the same text is a duplicate anyway).
     """
-    partner_id = replies.addressed_partner_id(session, message.from_number)
+    partner_id = replies.addressed_partner_id(session, message.from_number, now=now)
     partner = session.get(Partner, partner_id) if partner_id is not None else None
     if partner is None or partner.consent(Channel.SMS) is not ConsentState.CONFIRMED:
         return None

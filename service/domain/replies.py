@@ -81,8 +81,10 @@ class ClaimedSms:
 # their text never changes and SQLAlchemy's compile step and cache lookup would be pure cost).
 _CONFIRMED = ConsentState.CONFIRMED.value
 
-# The partner a text from %(phone)s is from: the newest confirmed partner in an active or pending couple,
-# else the newest partner with that number (the same person may belong to more than one couple over time).
+# The partner a text from %(phone)s (at %(now)s) is from: the confirmed partner whose prompt it answers (the
+# latest sent within the longest reply window), else the newest confirmed partner in an active or pending
+# couple, else the newest partner with that number (the same person may belong to more than one couple over
+# time). Never simply the newest couple: a reply belongs with the prompt it answers.
 _ADDRESSED_PARTNER = f"""
     SELECT p.id, p.couple_id, p.sms_consent
     FROM partners AS p
@@ -92,8 +94,18 @@ _ADDRESSED_PARTNER = f"""
           AND e.status IN ('{EnrollmentStatus.ACTIVE.value}', '{EnrollmentStatus.PENDING.value}')
         LIMIT 1
     ) AS enrolled ON true
+    LEFT JOIN LATERAL (
+        SELECT n.sent_at FROM nudges AS n
+        WHERE n.partner_id = p.id
+          AND n.kind = '{NudgeKind.PROMPT.value}'
+          AND n.status IN ('{NudgeStatus.SENT.value}', '{NudgeStatus.DELIVERED.value}')
+          AND n.sent_at <= %(now)s AND n.sent_at >= %(now)s - make_interval(hours => {MAX_REPLY_WINDOW_HOURS})
+        ORDER BY n.sent_at DESC
+        LIMIT 1
+    ) AS prompted ON true
     WHERE p.phone_e164 = %(phone)s
-    ORDER BY (p.sms_consent = '{_CONFIRMED}' AND enrolled.live IS NOT NULL) DESC, p.id DESC
+    ORDER BY CASE WHEN p.sms_consent = '{_CONFIRMED}' THEN prompted.sent_at END DESC NULLS LAST,
+             (p.sms_consent = '{_CONFIRMED}' AND enrolled.live IS NOT NULL) DESC, p.id DESC
     LIMIT 1
 """  # noqa: S608
 
@@ -182,10 +194,11 @@ def _linked(prompt_id: int | None, enrollment_id: int, step_day: int, program_ke
     return LinkedPrompt(prompt_id, enrollment_id, step_day, program_key) if prompt_id is not None else None
 
 
-def addressed_partner_id(session: Session, phone: str) -> int | None:
-    """The partner a text from `phone` is from (as `claim_sms` finds them), or None for an unknown number."""
+def addressed_partner_id(session: Session, phone: str, *, now: datetime) -> int | None:
+    """The partner a text from `phone` at `now` is from (as `claim_sms` finds them), or None for an unknown
+    number."""
     session.flush()  # rows the caller added or changed in this transaction must be visible to the statement
-    found = session.connection().exec_driver_sql(_ADDRESSED_PARTNER_ID, {"phone": phone}).scalar()
+    found = session.connection().exec_driver_sql(_ADDRESSED_PARTNER_ID, {"phone": phone, "now": now}).scalar()
     return None if found is None else int(found)
 
 

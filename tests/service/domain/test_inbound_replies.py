@@ -129,3 +129,36 @@ def test_natural_opt_outs_and_ordinary_answers() -> None:
     long_answer = "We said we'd stop texting at dinner and actually talk, and it was the best part of the week."
     assert classify(long_answer) is None
     assert classify("I loved the walk") is None
+
+
+def test_yes_from_a_confirmed_partner_is_an_answer_to_their_prompt(db: Session, runtime: Runtime) -> None:
+    couple = make_couple(db, start=NOW - timedelta(days=3))
+    alex = couple.partners[0]
+    prompt = make_sent_prompt(db, alex, sent_at=NOW - timedelta(hours=1))
+    result = _receive(db, runtime, _sms(alex.phone_e164, "Yes!"))
+    assert (result.kind, result.reply) == ("reply", None)
+    entry = db.scalar(select(LogEntry))
+    assert entry is not None and (entry.couple_id, entry.nudge_id, entry.body) == (couple.id, prompt.id, "Yes!")
+
+
+def test_yes_still_confirms_a_pending_invitation_to_that_number(db: Session, runtime: Runtime) -> None:
+    couple = make_couple(db, confirmed=False)
+    alex = couple.partners[0]
+    result = _receive(db, runtime, _sms(alex.phone_e164, "Yes!"))
+    assert result.kind == "keyword" and result.reply is not None and "You're in" in result.reply
+    assert db.scalar(select(func.count(LogEntry.id))) == 0
+
+
+def test_a_reply_goes_to_the_couple_whose_prompt_it_answers_not_the_newest(db: Session, runtime: Runtime) -> None:
+    """One number in two active couples (a partner signed up twice before the one-couple rule): the reply, and
+    LOG, follow the prompt the partner was sent."""
+    old = make_couple(db, start=NOW - timedelta(days=5)).partners[0]
+    new = make_couple(db, start=NOW - timedelta(days=1)).partners[0]
+    new.phone_e164 = old.phone_e164
+    db.flush()
+    prompt = make_sent_prompt(db, old, sent_at=NOW - timedelta(hours=1))
+    _receive(db, runtime, _sms(old.phone_e164, "the walk by the river", sid="SMr1" + "0" * 30))
+    entry = db.scalar(select(LogEntry))
+    assert entry is not None and (entry.couple_id, entry.nudge_id) == (old.couple_id, prompt.id)
+    log = _receive(db, runtime, _sms(old.phone_e164, "LOG", sid="SMr2" + "0" * 30))
+    assert log.reply is not None and old.log_token in log.reply and new.log_token not in log.reply

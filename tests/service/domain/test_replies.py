@@ -295,14 +295,14 @@ def test_a_keyword_acts_for_the_partner_a_reply_would_be_stored_for(db: Session,
     new = make_couple(db, confirmed=False).partners[0]
     new.phone_e164 = old.phone_e164
     db.flush()
-    assert replies.addressed_partner_id(db, old.phone_e164 or "") == old.id
+    assert replies.addressed_partner_id(db, old.phone_e164 or "", now=NOW) == old.id
     result = _receive(db, runtime, _sms(old.phone_e164, "LOG"))
     assert result.reply is not None and old.log_token in result.reply and new.log_token not in result.reply
     assert _stored(db)["claims"] == [("twilio", SID, "sms", old.id, "keyword", "LOG", NOW)]
 
 
 def test_an_unknown_number_addresses_no_one(db: Session) -> None:
-    assert replies.addressed_partner_id(db, next_phone()) is None
+    assert replies.addressed_partner_id(db, next_phone(), now=NOW) is None
 
 
 # --- email replies: the same prompt lookup and stored entry ----------------------------------------
