@@ -5,6 +5,11 @@ becomes PENDING on the channels given and confirms for themselves (SMS YES or th
 confirmation texts cost money and reach strangers if abused, so every number gets at most
 `confirmation_texts_per_number_per_day` of them (reminders included), checked here under a per-number
 lock, and a number that has texted STOP is never texted again by someone else's signup.
+
+A person (a phone number or an email address) belongs to at most one pending or active couple. A side of
+a signup whose number or address is already in one is recorded but never invited (no consent asked, no
+confirmation sent), so that couple cannot start and expires with its links; everyone else in the signup
+is asked as usual and the signer is told what any signup is told, so a signup never reveals who is enrolled.
 """
 
 from __future__ import annotations
@@ -17,13 +22,13 @@ from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from markupsafe import escape
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from service.domain import links
 from service.domain.composing import unsubscribe_url
 from service.domain.consent import DISCLOSURE_VERSION, set_consent
-from service.domain.enrollment import pending_enrollment
+from service.domain.enrollment import OPEN_STATUSES, pending_enrollment
 from service.domain.scheduling import next_allowed_for
 from service.domain.tokens import CONFIRM_MAX_AGE, make_token
 from service.models import (
@@ -114,6 +119,8 @@ def sign_up(
     for address in addresses:
         if confirmations_today(session, address, now) >= settings.confirmation_texts_per_number_per_day:
             raise SignupBlocked(f"daily confirmation cap reached for {_masked(address)}")
+    # Under the address locks above, so two signups naming the same person cannot both invite them.
+    enrolled = [in_a_couple(session, wanted.phone_e164, wanted.email) for wanted in (request.signer, request.invited)]
 
     couple = Couple(signup_ip=(request.ip or "")[:64] or None, created_at=now)
     source_detail = _web_source(request.ip, request.user_agent)
@@ -121,9 +128,14 @@ def sign_up(
         _new_partner(couple, position, wanted, request.preferred_time, now)
         for position, wanted in ((1, request.signer), (2, request.invited))
     ]
+    invited = [partner for partner, held in zip(partners, enrolled, strict=True) if not held]
+    for partner, held in zip(partners, enrolled, strict=True):
+        if held:
+            partner.confirm_reminder_due_at = None
+            log.info("signup side already in a couple: not invited", extra={"position": partner.position})
     enrollment = Enrollment(couple=couple, program_key=program.key, status=EnrollmentStatus.PENDING, created_at=now)
     session.add_all([couple, enrollment])
-    for partner in partners:
+    for partner in invited:
         for channel in _channels_of(partner):
             set_consent(session, partner, channel, ConsentState.PENDING, action=ConsentAction.REQUESTED,
                         source=ConsentSource.WEB, source_detail=source_detail, now=now,
@@ -131,7 +143,7 @@ def sign_up(
     session.flush()  # the partners' ids go into their confirmation links
 
     nudges: list[Nudge] = []
-    for partner in partners:
+    for partner in invited:
         nudges.extend(_confirmation_nudges(session, partner, enrollment, program, settings, now, reminder=0))
     session.add_all(nudges)
     session.flush()
@@ -140,7 +152,7 @@ def sign_up(
     return SignupResult(
         couple=couple, enrollment=enrollment,
         nudge_ids=[n.id for n in nudges if n.status == NudgeStatus.QUEUED],
-        channels=frozenset(n.channel for n in nudges),
+        channels=frozenset(c for p in partners for c in _channels_of(p)),  # as if everyone were asked
     )
 
 
@@ -203,6 +215,25 @@ def confirmations_today(session: Session, address: str, now: datetime) -> int:
         .where(column == address, Nudge.channel == channel, Nudge.kind.in_(_CONFIRMATION_KINDS))
         .where(Nudge.scheduled_for > now - CAP_WINDOW, Nudge.status.not_in(_UNSENT))
     ) or 0)
+
+
+# A partner still asked or confirmed on some channel; one who stopped (or bounced) on every channel has left.
+_IN_STATES = (ConsentState.PENDING, ConsentState.CONFIRMED)
+
+
+def in_a_couple(session: Session, phone: str | None, email: str | None) -> bool:
+    """Whether the person with this number or email address is in a pending or active couple: a partner there
+    with that number or address, still pending or confirmed on some channel (STOP on every channel leaves)."""
+    same = [column == address for column, address in ((Partner.phone_e164, phone), (Partner.email, email)) if address]
+    if not same:
+        return False
+    return session.scalar(
+        select(Partner.id)
+        .join(Enrollment, Enrollment.couple_id == Partner.couple_id)
+        .where(or_(*same), Enrollment.status.in_(OPEN_STATUSES))
+        .where(or_(Partner.sms_consent.in_(_IN_STATES), Partner.email_consent.in_(_IN_STATES)))
+        .limit(1)
+    ) is not None
 
 
 def number_opted_out(session: Session, phone: str) -> bool:

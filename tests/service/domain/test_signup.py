@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
@@ -34,27 +35,35 @@ from service.models import (
     ConsentRecord,
     ConsentState,
     EnrollmentStatus,
+    LogEntry,
     Nudge,
     NudgeKind,
     NudgeStatus,
     OutboxMessage,
     Partner,
+    PartnerSchedule,
 )
 from service.programs import fits_one_segment, sms_name
 from service.providers.twilio_sms import TWILIO
 from service.queues import QUEUE_SEND
 from service.runtime import Runtime
-from tests.factories import make_couple, next_phone
+from tests.factories import make_couple, make_sent_prompt, next_phone
 
 # 11:00 in New York (EDT), 10:00 in Chicago: daytime for both partners, as are the same times 1 and 3 days on.
 NOW = datetime(2026, 6, 10, 15, 0, tzinfo=UTC)
 
 
+_emails = itertools.count(1)
+
+
 def request_for(
     *, signer_phone: str | None = None, invited_phone: str | None = None,
-    signer_email: str | None = "alex@example.com", invited_email: str | None = "sam@example.com",
-    program: str = "sampler",
+    signer_email: str | None = "", invited_email: str | None = "", program: str = "sampler",
 ) -> SignupRequest:
+    """A signup; each call's default emails are new addresses (a person is in at most one open couple)."""
+    n = next(_emails)
+    signer_email = f"alex.{n}@example.com" if signer_email == "" else signer_email
+    invited_email = f"sam.{n}@example.com" if invited_email == "" else invited_email
     return SignupRequest(
         signer=PartnerRequest("Alex", signer_phone, signer_email, "America/New_York"),
         invited=PartnerRequest("Sam", invited_phone, invited_email, "America/Chicago"),
@@ -181,8 +190,9 @@ def test_the_daily_cap_counts_confirmations_per_number(db: Session, runtime: Run
     cap = runtime.settings.confirmation_texts_per_number_per_day
     target = next_phone()
     for _ in range(cap):
-        do_sign_up(db, runtime, request_for(invited_phone=target, signer_email=None, invited_email=None,
-                                            signer_phone=next_phone()))
+        earlier = do_sign_up(db, runtime, request_for(invited_phone=target, signer_email=None, invited_email=None,
+                                                      signer_phone=next_phone()))
+        earlier.enrollment.status = EnrollmentStatus.CANCELLED  # else the one-couple rule holds the next one
     with pytest.raises(SignupBlocked) as blocked:
         do_sign_up(db, runtime, request_for(invited_phone=target, signer_phone=next_phone(), signer_email=None,
                                             invited_email=None))
@@ -197,13 +207,15 @@ def test_confirmations_never_handed_to_a_provider_do_not_count(db: Session, runt
     for _ in range(runtime.settings.confirmation_texts_per_number_per_day + 2):
         result = do_sign_up(db, runtime, request_for(invited_phone=target, signer_phone=next_phone(),
                                                      signer_email=None, invited_email=None))
+        assert confirmations(db, result.couple.partners[1])
         for nudge in confirmations(db, result.couple.partners[1]):
             nudge.status = NudgeStatus.CANCELLED
+        result.enrollment.status = EnrollmentStatus.CANCELLED  # else the one-couple rule holds the next one
         db.flush()
 
 
 def test_a_number_that_texted_stop_is_not_texted_by_someone_elses_signup(db: Session, runtime: Runtime) -> None:
-    earlier = make_couple(db, confirmed=True)
+    earlier = make_couple(db, confirmed=True, email=False)
     stopped = earlier.partners[0]
     assert stopped.phone_e164 is not None
     stopped.sms_consent = ConsentState.OPTED_OUT
@@ -344,3 +356,78 @@ def test_a_queued_confirmation_is_cancelled_once_the_partner_stopped(db: Session
     send_batch([sms.id])
     db.expire_all()
     assert db.get(Nudge, sms.id).status == NudgeStatus.CANCELLED  # type: ignore[union-attr]
+
+
+def _text(db: Session, runtime: Runtime, phone: str | None, body: str, sid: str, now: datetime = NOW):  # type: ignore[no-untyped-def]
+    assert phone is not None
+    message = InboundSms(message_sid=sid, from_number=phone, to_number="+15550000000", body=body, provider=TWILIO)
+    return receive_sms(db, message, settings=runtime.settings, programs=runtime.programs, now=now)
+
+
+def test_a_strangers_signup_never_reaches_a_partner_already_in_a_couple(db: Session, runtime: Runtime) -> None:
+    """A stranger invites a confirmed partner's number: no invitation, and the partner's "Yes!" to a prompt,
+    their replies and their LOG link all stay with their own couple."""
+    couple = make_couple(db, email=False, start=NOW - timedelta(days=3))
+    partner = couple.partners[0]
+    stranger_phone = next_phone()
+    result = do_sign_up(db, runtime, request_for(signer_phone=stranger_phone, signer_email=None,
+                                                 invited_phone=partner.phone_e164, invited_email=None))
+    stranger, held = result.couple.partners
+    assert confirmations(db, held) == [] and held.sms_consent is ConsentState.NONE
+    assert [n.channel for n in confirmations(db, stranger)] == [Channel.SMS]
+    assert result.channels == frozenset({Channel.SMS}), "the signer is told what any signup is told"
+    _text(db, runtime, stranger_phone, "YES", "SMst" + "0" * 30)
+
+    prompt = make_sent_prompt(db, partner, sent_at=NOW - timedelta(hours=1))
+    answer = _text(db, runtime, partner.phone_e164, "Yes!", "SMya" + "0" * 30)
+    more = _text(db, runtime, partner.phone_e164, "and the walk home", "SMyb" + "0" * 30)
+    log = _text(db, runtime, partner.phone_e164, "LOG", "SMyc" + "0" * 30)
+    assert (answer.kind, more.kind) == ("reply", "reply")
+    entries = db.scalars(select(LogEntry).order_by(LogEntry.id)).all()
+    assert [(e.couple_id, e.partner_id, e.nudge_id, e.body) for e in entries] == [
+        (couple.id, partner.id, prompt.id, "Yes!"), (couple.id, partner.id, prompt.id, "and the walk home")]
+    assert log.reply is not None and partner.log_token in log.reply and held.log_token not in log.reply
+    assert held.sms_consent is ConsentState.NONE and result.enrollment.status == EnrollmentStatus.PENDING
+    assert db.scalar(select(func.count(PartnerSchedule.id)).where(PartnerSchedule.partner_id == held.id)) == 0
+    # The stranger's signup simply expires with its links.
+    assert expire_unconfirmed_signups(db, NOW + SIGNUP_EXPIRES_AFTER + timedelta(minutes=1)) == 1
+    assert result.enrollment.status == EnrollmentStatus.CANCELLED
+
+
+def test_a_partner_signed_up_twice_is_asked_once(db: Session, runtime: Runtime) -> None:
+    """The same rule without malice, on any address: an email already in a pending couple is not asked again."""
+    first = do_sign_up(db, runtime, request_for(signer_phone=next_phone(), invited_email="sam.twice@example.com"))
+    second = do_sign_up(db, runtime, request_for(signer_phone=next_phone(), signer_email="alex.two@example.com",
+                                                 invited_email="sam.twice@example.com"))
+    assert [n.channel for n in confirmations(db, first.couple.partners[1])] == [Channel.EMAIL]
+    assert confirmations(db, second.couple.partners[1]) == []
+    assert second.channels == first.channels
+
+
+def test_a_signer_already_in_a_couple_is_not_asked_again_and_the_invited_still_is(
+    db: Session, runtime: Runtime
+) -> None:
+    enrolled = make_couple(db, email=False).partners[0]
+    result = do_sign_up(db, runtime, request_for(signer_phone=enrolled.phone_e164, signer_email=None,
+                                                 invited_phone=next_phone(), invited_email=None))
+    signer, invited = result.couple.partners
+    assert confirmations(db, signer) == [] and signer.sms_consent is ConsentState.NONE
+    assert [n.channel for n in confirmations(db, invited)] == [Channel.SMS]
+    assert enrolled.sms_consent is ConsentState.CONFIRMED
+
+
+def test_a_partner_who_left_by_stop_can_be_invited_again(db: Session, runtime: Runtime) -> None:
+    couple = make_couple(db, email=False, start=NOW - timedelta(days=3))
+    partner = couple.partners[0]
+    wanted = {"invited_phone": partner.phone_e164, "invited_email": "sam.again@example.com"}
+    held = do_sign_up(db, runtime, request_for(signer_phone=next_phone(), **wanted)).couple.partners[1]
+    assert confirmations(db, held) == []
+    _text(db, runtime, partner.phone_e164, "STOP", "SMlv" + "0" * 30)
+    assert partner.sms_consent is ConsentState.OPTED_OUT
+    again = do_sign_up(db, runtime, request_for(signer_phone=next_phone(), **wanted))
+    signer, invited = again.couple.partners
+    email = [n for n in confirmations(db, invited) if n.channel == Channel.EMAIL]
+    assert len(email) == 1 and email[0].id in again.nudge_ids
+    confirm_channel(db, signer, Channel.EMAIL, source="email", source_detail="link", now=NOW)
+    confirm_channel(db, invited, Channel.EMAIL, source="email", source_detail="link", now=NOW)
+    assert again.enrollment.status == EnrollmentStatus.ACTIVE

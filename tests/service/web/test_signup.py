@@ -342,8 +342,13 @@ def test_the_daily_cap_per_number_holds_whatever_the_rate_limits(
     override(signup_rate_limit="1000 per minute")
     target = fresh_phone()
     cap = runtime.settings.confirmation_texts_per_number_per_day
-    responses = [post_signup(client, form_data(client, invited_phone=target), ip=f"192.0.2.{i + 1}")
-                 for i in range(cap + 3)]
+    responses = []
+    for i in range(cap + 3):
+        responses.append(post_signup(client, form_data(client, invited_phone=target), ip=f"192.0.2.{i + 1}"))
+        for enrollment in db.scalars(select(Enrollment).join(Partner, Partner.couple_id == Enrollment.couple_id)
+                                     .where(Partner.phone_e164 == target)):
+            enrollment.status = EnrollmentStatus.CANCELLED  # else the one-couple rule holds the next signup
+        db.flush()
     assert [r.status_code for r in responses] == [303] * cap + [429] * 3
     texts = db.scalar(select(func.count(Nudge.id)).join(Partner, Partner.id == Nudge.partner_id)
                       .where(Partner.phone_e164 == target, Nudge.channel == Channel.SMS))
@@ -502,3 +507,20 @@ def test_a_couple_confirms_by_sms_yes_and_by_email_link(client: FlaskClient, db:
     assert "Say yes to A month of closeness?" in page
     assert couple.enrollments[0].started_at is not None
     assert couple.enrollments[0].started_at <= datetime.now(UTC)
+
+
+def test_inviting_someone_already_in_a_couple_looks_like_any_signup(client: FlaskClient, db: Session) -> None:
+    """The signer sees exactly what an accepted signup shows; the partner already in a couple gets nothing."""
+    from tests.factories import make_couple
+
+    enrolled = make_couple(db, email=False).partners[0]
+    assert enrolled.phone_e164 is not None
+    answers = []
+    for invited in (fresh_phone(), enrolled.phone_e164):
+        response = post_signup(client, form_data(client, signer_phone=fresh_phone(), invited_phone=invited))
+        answers.append((response.status_code, response.headers.get("Location"),
+                        client.get(response.headers["Location"]).get_data(as_text=True)))
+    assert answers[0] == answers[1] and answers[0][0] == 303
+    asked = db.scalar(select(func.count(Nudge.id)).join(Partner, Partner.id == Nudge.partner_id)
+                      .where(Partner.phone_e164 == enrolled.phone_e164))
+    assert asked == 0
