@@ -103,6 +103,15 @@ def _yes_answers_a_prompt(session: Session, phone: str) -> bool:
     return answering and not invited
 
 
+def _rejoins_a_second_couple(session: Session, partner: Partner) -> bool:
+    """Whether START would put `partner` back in their couple while they are in another pending or active one
+    (invited again after leaving by STOP): a person is in at most one, so that couple stays left."""
+    from service.domain.signup import in_a_couple
+
+    session.flush()
+    return in_a_couple(session, partner.phone_e164, partner.email, besides=partner.couple_id)
+
+
 def _receive_keyword(
     session: Session, message: InboundSms, command: Command, claimed: replies.ClaimedSms, *, settings: Settings,
     programs: ProgramLibrary, now: datetime,
@@ -222,7 +231,7 @@ def _run_command(
         return f"You're unsubscribed from {name} texts and won't get more. Reply START to come back."
     if command.keyword == "START":
         for p in partners:
-            if p.consent(Channel.SMS) is ConsentState.OPTED_OUT:
+            if p.consent(Channel.SMS) is ConsentState.OPTED_OUT and not _rejoins_a_second_couple(session, p):
                 set_consent(session, p, Channel.SMS, ConsentState.CONFIRMED, action="resumed", source="sms",
                             source_detail=message.message_sid, now=now)
         return f"Welcome back to {name}. Texts start again at your usual time. Reply STOP to cancel."

@@ -221,19 +221,22 @@ def confirmations_today(session: Session, address: str, now: datetime) -> int:
 _IN_STATES = (ConsentState.PENDING, ConsentState.CONFIRMED)
 
 
-def in_a_couple(session: Session, phone: str | None, email: str | None) -> bool:
-    """Whether the person with this number or email address is in a pending or active couple: a partner there
-    with that number or address, still pending or confirmed on some channel (STOP on every channel leaves)."""
+def in_a_couple(session: Session, phone: str | None, email: str | None, *, besides: int | None = None) -> bool:
+    """Whether the person with this number or email address is in a pending or active couple (other than the
+    couple `besides`): a partner there with that number or address, still pending or confirmed on some
+    channel (STOP on every channel leaves)."""
     same = [column == address for column, address in ((Partner.phone_e164, phone), (Partner.email, email)) if address]
     if not same:
         return False
-    return session.scalar(
+    query = (
         select(Partner.id)
         .join(Enrollment, Enrollment.couple_id == Partner.couple_id)
         .where(or_(*same), Enrollment.status.in_(OPEN_STATUSES))
         .where(or_(Partner.sms_consent.in_(_IN_STATES), Partner.email_consent.in_(_IN_STATES)))
-        .limit(1)
-    ) is not None
+    )
+    if besides is not None:
+        query = query.where(Partner.couple_id != besides)
+    return session.scalar(query.limit(1)) is not None
 
 
 def number_opted_out(session: Session, phone: str) -> bool:

@@ -431,3 +431,21 @@ def test_a_partner_who_left_by_stop_can_be_invited_again(db: Session, runtime: R
     confirm_channel(db, signer, Channel.EMAIL, source="email", source_detail="link", now=NOW)
     confirm_channel(db, invited, Channel.EMAIL, source="email", source_detail="link", now=NOW)
     assert again.enrollment.status == EnrollmentStatus.ACTIVE
+
+
+def test_start_after_being_invited_again_does_not_rejoin_the_couple_left(db: Session, runtime: Runtime) -> None:
+    """Left by STOP, invited again, then START and YES: the partner ends in the new couple only."""
+    couple = make_couple(db, email=False, start=NOW - timedelta(days=3))
+    partner = couple.partners[0]
+    _text(db, runtime, partner.phone_e164, "STOP", "SMs1" + "0" * 30)
+    again = do_sign_up(db, runtime, request_for(signer_phone=next_phone(), invited_phone=partner.phone_e164))
+    invited = again.couple.partners[1]
+    _text(db, runtime, partner.phone_e164, "START", "SMs2" + "0" * 30)
+    _text(db, runtime, partner.phone_e164, "YES", "SMs3" + "0" * 30)
+    assert invited.sms_consent is ConsentState.CONFIRMED
+    assert partner.sms_consent is ConsentState.OPTED_OUT, "the couple left stays left"
+    # With nothing waiting for the number, START comes back to the couple it left.
+    other = make_couple(db, email=False, start=NOW - timedelta(days=3)).partners[0]
+    _text(db, runtime, other.phone_e164, "STOP", "SMs4" + "0" * 30)
+    _text(db, runtime, other.phone_e164, "START", "SMs5" + "0" * 30)
+    assert other.sms_consent is ConsentState.CONFIRMED
