@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from flask import Flask
 from rq import Queue
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from jobs.scheduler import run_pass
@@ -24,6 +26,7 @@ from service.domain.signup import (
     SignupBlocked,
     SignupError,
     SignupRequest,
+    SignupResult,
     confirmation_sms,
     expire_unconfirmed_signups,
     plan_confirmation_reminders,
@@ -34,6 +37,7 @@ from service.models import (
     Channel,
     ConsentRecord,
     ConsentState,
+    Couple,
     EnrollmentStatus,
     LogEntry,
     Nudge,
@@ -47,6 +51,7 @@ from service.programs import fits_one_segment, sms_name
 from service.providers.twilio_sms import TWILIO
 from service.queues import QUEUE_SEND
 from service.runtime import Runtime
+from service.web.context import runtime_of
 from tests.factories import make_couple, make_sent_prompt, next_phone
 
 # 11:00 in New York (EDT), 10:00 in Chicago: daytime for both partners, as are the same times 1 and 3 days on.
@@ -449,3 +454,44 @@ def test_start_after_being_invited_again_does_not_rejoin_the_couple_left(db: Ses
     _text(db, runtime, other.phone_e164, "STOP", "SMs4" + "0" * 30)
     _text(db, runtime, other.phone_e164, "START", "SMs5" + "0" * 30)
     assert other.sms_consent is ConsentState.CONFIRMED
+
+
+def test_two_signups_at_once_invite_a_person_once(session_app: Flask) -> None:
+    """Committed transactions on separate connections: the second signup naming the same number waits on the
+    address lock for the first to commit, then sees the invitation and holds its own side."""
+    runtime = runtime_of(session_app)
+    database = runtime.database
+    target = next_phone()
+    second: dict[str, int] = {}
+
+    def sign(session: Session) -> SignupResult:
+        return do_sign_up(session, runtime, request_for(signer_phone=next_phone(), invited_phone=target,
+                                                        invited_email=None))
+
+    def sign_second() -> None:
+        with database.transaction() as session:
+            result = sign(session)
+            second["couple"], second["asked"] = result.couple.id, len(confirmations(session, result.couple.partners[1]))
+
+    first = database.new_session()
+    couple_ids = []
+    try:
+        result = sign(first)
+        couple_ids.append(result.couple.id)
+        waiting = threading.Thread(target=sign_second)
+        waiting.start()
+        waiting.join(1.0)
+        assert waiting.is_alive(), "the second signup must wait for the first one's transaction"
+        first.commit()
+        waiting.join(20)
+        assert not waiting.is_alive()
+        couple_ids.append(second["couple"])
+        assert second["asked"] == 0
+        with database.transaction() as session:
+            asked = session.scalar(select(func.count(Nudge.id)).join(Partner, Partner.id == Nudge.partner_id)
+                                   .where(Partner.phone_e164 == target))
+            assert asked == 1
+    finally:
+        first.close()
+        with database.transaction() as session:
+            session.execute(delete(Couple).where(Couple.id.in_(couple_ids)))
