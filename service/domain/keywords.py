@@ -68,7 +68,7 @@ def normalised_words(body: str) -> list[str]:
         elif kind != "Mn" and ch not in "'’":
             kept.append(" ")
     words = [_squeeze(w) for w in "".join(kept).upper().split()]
-    if 1 < len(words) <= 40 and all(len(w) == 1 for w in words):
+    if 1 < len(words) <= 120 and all(len(w) == 1 for w in words):
         words = _segment(_squeeze("".join(words))) or words
     merged: list[str] = []
     for word in words:
