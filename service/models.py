@@ -405,3 +405,14 @@ class ControlFlag(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(255))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class NumberOptOut(Base):
+    """A number that texted STOP while no partner had it: consent is about the number, so a later signup that
+    invites it does not text it. Only a keyed hash of the number is kept (`service.domain.number_opt_outs`)."""
+
+    __tablename__ = "number_opt_outs"
+
+    number_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # HMAC-SHA256 hex of the E.164 number
+    opted_out_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    source_detail: Mapped[str | None] = mapped_column(String(64))  # the STOP's MessageSid

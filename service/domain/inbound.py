@@ -17,6 +17,7 @@ from service.domain import links, replies
 from service.domain.consent import partners_by_phone, set_consent
 from service.domain.enrollment import OPEN_STATUSES, confirm_channel
 from service.domain.keywords import Command, classify
+from service.domain.number_opt_outs import clear_number_opt_out, record_number_opt_out
 from service.domain.scheduling import next_allowed_for as next_allowed_instant
 from service.models import (
     Channel,
@@ -119,7 +120,7 @@ def _receive_keyword(
     if not claimed.claimed:
         return InboundResult(duplicate=True, kind="keyword")
     if claimed.partner_id is None:
-        return InboundResult(reply=_unknown_sender_text(settings), kind="keyword")
+        return InboundResult(reply=_unknown_sender_keyword(session, command, message, settings, now), kind="keyword")
     partners = partners_by_phone(session, message.from_number)
     partner = next(p for p in partners if p.id == claimed.partner_id)
     return InboundResult(reply=_run_command(session, command, partners, partner, message, settings, programs, now),
@@ -188,6 +189,22 @@ def _program_title(partner: Partner, programs: ProgramLibrary) -> str:
     return "Closer"
 
 
+def _unknown_sender_keyword(
+    session: Session, command: Command, message: InboundSms, settings: Settings, now: datetime
+) -> str:
+    """A keyword from a number no partner has. Consent is about the number: its STOP is kept (as a keyed hash,
+    `number_opt_outs`) so no later signup texts it, and its START lifts that again."""
+    if command.keyword == "STOP":
+        record_number_opt_out(session, settings.secret_key, message.from_number, message_sid=message.message_sid,
+                              now=now)
+        return (f"You have successfully been unsubscribed from {settings.sender_name}. You will not receive any "
+                "more messages from this number. Reply START to resubscribe.")
+    if command.keyword == "START" and clear_number_opt_out(session, settings.secret_key, message.from_number):
+        return (f"You have successfully been resubscribed to {settings.sender_name}. To sign up, visit "
+                f"{settings.public_base_url}")
+    return _unknown_sender_text(settings)
+
+
 def _unknown_sender_text(settings: Settings) -> str:
     return (f"Hi! This is {settings.sender_name}. We don't have your number, so nothing was saved. "
             f"To sign up, visit {settings.public_base_url}")
@@ -230,6 +247,7 @@ def _run_command(
                             source_detail=message.message_sid, now=now)
         return f"You're unsubscribed from {name} texts and won't get more. Reply START to come back."
     if command.keyword == "START":
+        clear_number_opt_out(session, settings.secret_key, message.from_number)
         for p in partners:
             if p.consent(Channel.SMS) is ConsentState.OPTED_OUT and not _rejoins_a_second_couple(session, p):
                 set_consent(session, p, Channel.SMS, ConsentState.CONFIRMED, action="resumed", source="sms",

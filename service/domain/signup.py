@@ -29,6 +29,7 @@ from service.domain import links
 from service.domain.composing import unsubscribe_url
 from service.domain.consent import DISCLOSURE_VERSION, set_consent
 from service.domain.enrollment import OPEN_STATUSES, pending_enrollment
+from service.domain.number_opt_outs import number_opted_out_unknown
 from service.domain.scheduling import next_allowed_for
 from service.domain.tokens import CONFIRM_MAX_AGE, make_token
 from service.models import (
@@ -262,7 +263,8 @@ def _confirmation_nudges(
                       scheduled_for=now, status=NudgeStatus.QUEUED, queued_at=now)
         if channel is Channel.SMS:
             assert partner.phone_e164 is not None
-            if number_opted_out(session, partner.phone_e164):
+            if number_opted_out(session, partner.phone_e164) or number_opted_out_unknown(
+                    session, settings.secret_key, partner.phone_e164):
                 nudge.status, nudge.queued_at = NudgeStatus.CANCELLED, None
                 nudge.status_reason = "the number texted STOP; only its owner can opt back in"
             nudge.body_text = confirmation_sms(settings.sender_name, program, sms_name(signer.first_name),
