@@ -80,11 +80,14 @@ class ClaimedSms:
 # (psycopg's %(name)s style: the statements run with `exec_driver_sql`, as the driver's own SQL, since
 # their text never changes and SQLAlchemy's compile step and cache lookup would be pure cost).
 _CONFIRMED = ConsentState.CONFIRMED.value
+_PENDING = ConsentState.PENDING.value
 
 # The partner a text from %(phone)s (at %(now)s) is from: the confirmed partner whose prompt it answers (the
 # latest sent within the longest reply window), else the newest confirmed partner in an active or pending
-# couple, else the newest partner with that number (the same person may belong to more than one couple over
-# time). Never simply the newest couple: a reply belongs with the prompt it answers.
+# couple, else the newest one invited (pending) there, else the newest partner with that number (the same
+# person may belong to more than one couple over time; a signup side held because the person was already in
+# a couple asks no consent, so it never comes first). Never simply the newest couple: a reply belongs with
+# the prompt it answers.
 _ADDRESSED_PARTNER = f"""
     SELECT p.id, p.couple_id, p.sms_consent
     FROM partners AS p
@@ -105,7 +108,8 @@ _ADDRESSED_PARTNER = f"""
     ) AS prompted ON true
     WHERE p.phone_e164 = %(phone)s
     ORDER BY CASE WHEN p.sms_consent = '{_CONFIRMED}' THEN prompted.sent_at END DESC NULLS LAST,
-             (p.sms_consent = '{_CONFIRMED}' AND enrolled.live IS NOT NULL) DESC, p.id DESC
+             (p.sms_consent = '{_CONFIRMED}' AND enrolled.live IS NOT NULL) DESC,
+             (p.sms_consent = '{_PENDING}' AND enrolled.live IS NOT NULL) DESC, p.id DESC
     LIMIT 1
 """  # noqa: S608
 

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.crypto import token_digest
+from service.domain import replies
 from service.domain.inbound import PAUSE_FOREVER, InboundSms, receive_sms
 from service.domain.keywords import classify
 from service.models import LogEntry, PartnerSchedule
@@ -162,3 +163,21 @@ def test_a_reply_goes_to_the_couple_whose_prompt_it_answers_not_the_newest(db: S
     assert entry is not None and (entry.couple_id, entry.nudge_id) == (old.couple_id, prompt.id)
     log = _receive(db, runtime, _sms(old.phone_e164, "LOG", sid="SMr2" + "0" * 30))
     assert log.reply is not None and old.log_token in log.reply and new.log_token not in log.reply
+
+
+def test_a_signup_held_for_a_pending_partner_does_not_take_their_texts(db: Session, runtime: Runtime) -> None:
+    """A partner still pending in their couple, then named by a newer signup that was held: their texts are
+    still theirs in the couple that invited them (HELP names that program, a reply asks them to confirm)."""
+    from service.domain.signup import PartnerRequest, SignupRequest, sign_up
+
+    alex = make_couple(db, confirmed=False, program="appreciation").partners[0]
+    stranger = SignupRequest(
+        signer=PartnerRequest("Kim", None, "kim.stranger@example.com", "America/New_York"),
+        invited=PartnerRequest("Alex", alex.phone_e164, None, "America/New_York"),
+        preferred_time=alex.preferred_time, program_key="sampler")
+    held = sign_up(db, stranger, settings=runtime.settings, programs=runtime.programs, now=NOW).couple.partners[1]
+    assert replies.addressed_partner_id(db, alex.phone_e164 or "", now=NOW) == alex.id != held.id
+    result = _receive(db, runtime, _sms(alex.phone_e164, "hello?", sid="SMh1" + "0" * 30))
+    assert result.kind == "unconfirmed"
+    help_reply = _receive(db, runtime, _sms(alex.phone_e164, "HELP", sid="SMh2" + "0" * 30)).reply or ""
+    assert runtime.programs.get("appreciation").title in help_reply
