@@ -470,3 +470,37 @@ def test_provider_webhooks_skip_the_rate_limiter_and_pages_do_not(client: FlaskC
         assert _provider_webhook()
     with client.application.test_request_context("/signup", method="POST"):
         assert not _provider_webhook()
+
+
+def test_a_strangers_signup_cannot_take_a_partners_yes_replies_or_log(
+    client: FlaskClient, db: Session, runtime: Runtime
+) -> None:
+    """Through the webhook: a stranger invites a confirmed partner's number; the partner's "Yes!" to their
+    prompt and their next reply land in their own couple's log, and LOG answers with their own link."""
+    from datetime import timedelta
+
+    from tests.factories import make_sent_prompt
+
+    couple = make_couple(db, email=False, start=datetime.now(UTC) - timedelta(days=3))
+    partner = couple.partners[0]
+    assert partner.phone_e164 is not None
+    stranger = sign_up(db, SignupRequest(
+        signer=PartnerRequest("Kim", next_phone(), None, "America/New_York"),
+        invited=PartnerRequest("Alex", partner.phone_e164, None, "America/New_York"),
+        preferred_time=time(19, 0), program_key="sampler",
+    ), settings=runtime.settings, programs=runtime.programs, now=datetime.now(UTC))
+    held = stranger.couple.partners[1]
+    prompt = make_sent_prompt(db, partner, sent_at=datetime.now(UTC) - timedelta(minutes=30))
+    db.commit()
+    assert message_of(post(client, runtime, params_for(partner.phone_e164, "Yes!"))) is None
+    assert message_of(post(client, runtime, params_for(partner.phone_e164, "we should go back there"))) is None
+    log = message_of(post(client, runtime, params_for(partner.phone_e164, "LOG")))
+    assert log is not None and log_url(runtime.settings, partner.log_token) in log
+    assert held.log_token not in log
+    db.expire_all()
+    entries = db.scalars(select(LogEntry).where(LogEntry.partner_id.in_([partner.id, held.id]))
+                         .order_by(LogEntry.id)).all()
+    assert [(e.couple_id, e.nudge_id, e.body) for e in entries] == [
+        (couple.id, prompt.id, "Yes!"), (couple.id, prompt.id, "we should go back there")]
+    assert held.sms_consent is ConsentState.NONE
+    assert db.get(Couple, stranger.couple.id).enrollments[0].status == EnrollmentStatus.PENDING  # type: ignore[union-attr]
