@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import LargeBinary
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
+
+
+@lru_cache(maxsize=32)
+def derived_key(secret_key: str, label: str, *, digest: str = "sha256") -> bytes:
+    """A key of its own for one purpose (`label`), derived from SECRET_KEY as HMAC(SECRET_KEY, label): no
+    purpose shares the session-signing key, and the same secret always gives the same key."""
+    return hmac.new(secret_key.encode(), label.encode(), digest).digest()
 
 
 class Cipher:

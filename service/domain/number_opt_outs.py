@@ -8,7 +8,6 @@ hash cannot be reversed by trying every number without the key.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 from datetime import datetime
@@ -17,19 +16,14 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from service.crypto import derived_key
 from service.db import affected_rows
 from service.models import NumberOptOut
 
 
-@functools.lru_cache(maxsize=4)
-def _number_key(secret_key: str) -> bytes:
-    """A key of its own for number hashes, derived from SECRET_KEY (so it is not the session-signing key)."""
-    return hmac.new(secret_key.encode(), b"closer number opt-outs", hashlib.sha256).digest()
-
-
 def number_hash(secret_key: str, phone_e164: str) -> str:
     """The keyed hash (64 hex characters) a number's opt-out is stored under."""
-    return hmac.new(_number_key(secret_key), phone_e164.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(derived_key(secret_key, "closer number opt-outs"), phone_e164.encode(), hashlib.sha256).hexdigest()
 
 
 def record_number_opt_out(session: Session, secret_key: str, phone_e164: str, *, message_sid: str,

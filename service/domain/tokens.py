@@ -10,13 +10,13 @@ which must keep working, carry no expiry), so nobody's pending link breaks.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from functools import lru_cache
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from service.crypto import derived_key
 
 CONFIRM_MAX_AGE = 7 * 86400
 _ID_BYTES = 8
@@ -36,8 +36,7 @@ def _serializer(secret_key: str, purpose: str) -> URLSafeTimedSerializer:
 
 @lru_cache(maxsize=16)
 def _sealer(secret_key: str, purpose: str) -> AESSIV:
-    key = hmac.new(secret_key.encode(), f"closer.link-id.{purpose}".encode(), hashlib.sha512).digest()
-    return AESSIV(key)  # 64 bytes: AES-256-SIV
+    return AESSIV(derived_key(secret_key, f"closer.link-id.{purpose}", digest="sha512"))  # 64 bytes: AES-256-SIV
 
 
 def _seal(secret_key: str, purpose: str, partner_id: int) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 
@@ -10,6 +9,7 @@ from flask import request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
+from service.crypto import derived_key
 from service.web.context import current_runtime
 
 limiter = Limiter(key_func=get_remote_address, default_limits=[], strategy="moving-window")
@@ -19,12 +19,6 @@ KEY_DIGEST_CHARS = 24  # 96 bits of the HMAC
 _LETTERS = str.maketrans("0123456789", "ghijklmnop")
 
 
-@functools.lru_cache(maxsize=4)
-def _limit_key_secret(secret_key: str) -> bytes:
-    """A key of its own for limiter keys, derived from SECRET_KEY (so it is not the session-signing key)."""
-    return hmac.new(secret_key.encode(), b"closer rate-limit keys", hashlib.sha256).digest()
-
-
 def private_limit_key(kind: str, value: str) -> str:
     """The limiter's key for a value that must not be stored or logged as it is (a phone-number prefix).
 
@@ -32,7 +26,7 @@ def private_limit_key(kind: str, value: str) -> str:
     keyed hash (HMAC-SHA256 under a key derived from SECRET_KEY, truncated): the same value always counts
     against the same limit, and neither Redis nor the logs hold any part of it.
     """
-    secret = _limit_key_secret(current_runtime().settings.secret_key)
+    secret = derived_key(current_runtime().settings.secret_key, "closer rate-limit keys")
     digest = hmac.new(secret, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()[:KEY_DIGEST_CHARS]
     return f"{kind}:{digest.translate(_LETTERS)}"
 
